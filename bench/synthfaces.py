@@ -1,0 +1,87 @@
+"""SynthFaces speed on this machine, side by side in one run.
+
+(a) images/s rendered at 64 px with all ground truth: one process, and one process per core (each 1 thread);
+    with --compile also torch.compile'd (warm-up reported apart).
+(b) images/s served from the SynthFaces uint8 memmap cache vs decoding + centre-cropping + resizing the same number
+    of 178x218 JPEG files with PIL (CelebA's aligned size), both through a DataLoader with 2 workers.
+Run: .venv/bin/python bench/synthfaces.py [--n 4096] [--compile]; prints a markdown table for BENCHMARKS.md.
+"""
+import argparse, os, sys, tempfile, time
+import multiprocessing as mp
+from pathlib import Path
+import numpy as np
+import torch
+from PIL import Image
+from disentangle import synthfaces as sf
+
+def _render_worker(args):
+    n, chunk, seed = args
+    torch.set_num_threads(1)
+    f, ids = sf.sample_factors(n, seed=seed)
+    sf.render_factors(f[:chunk], 64, chunk=chunk)            # warm-up
+    t = time.perf_counter(); sf.render_factors(f, 64, identity=ids, chunk=chunk)
+    return n, time.perf_counter() - t
+
+class JpegFolder(torch.utils.data.Dataset):
+    "CelebA-style loading: decode a 178x218 JPEG, centre-crop 178x178, resize to 64, to a tensor in [-1, 1]."
+    def __init__(self, files): self.files = files
+    def __len__(self): return len(self.files)
+    def __getitem__(self, i):
+        im = Image.open(self.files[i]).convert('RGB')
+        w, h = im.size; s = min(w, h); l, t = (w - s) // 2, (h - s) // 2
+        im = im.crop((l, t, l + s, t + s)).resize((64, 64), Image.BILINEAR)
+        return torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 127.5 - 1
+
+def _drain(loader):
+    n = 0; t = time.perf_counter()
+    for b in loader: n += len(b['image'] if isinstance(b, dict) else b)
+    return n, time.perf_counter() - t
+
+def main():
+    ap = argparse.ArgumentParser(); ap.add_argument('--n', type=int, default=4096); ap.add_argument('--compile', action='store_true')
+    a = ap.parse_args(); n = a.n; cores = os.cpu_count() or 1
+    rows = []
+    # (a) rendering
+    m, dt = _render_worker((n, 64, 0)); one = m / dt
+    rows.append(('render 64 px, all ground truth, 1 process x 1 thread', f'{one:,.0f} img/s', ''))
+    with mp.get_context('spawn').Pool(cores) as pool:
+        t = time.perf_counter(); res = pool.map(_render_worker, [(n // cores, 64, s) for s in range(cores)]); wall = time.perf_counter() - t
+    par = sum(r[0] for r in res) / max(r[1] for r in res)
+    rows.append((f'render 64 px, all ground truth, {cores} processes x 1 thread', f'{par:,.0f} img/s', f'{par / one:.2f}x one process'))
+    if a.compile:
+        torch.set_num_threads(1)
+        fn = torch.compile(sf._render_chunk, dynamic=False)
+        f, _ = sf.sample_factors(n, seed=0)
+        t = time.perf_counter(); fn(f[:64], 64); warm = time.perf_counter() - t
+        t = time.perf_counter()
+        for i in range(0, n - 63, 64): fn(f[i:i + 64], 64)
+        comp = (n // 64 * 64) / (time.perf_counter() - t)
+        rows.append(('render 64 px, torch.compile, 1 process x 1 thread', f'{comp:,.0f} img/s', f'{comp / one:.2f}x eager; warm-up {warm:.0f} s'))
+    # (b) cache vs JPEG, same number of images, DataLoader with 2 workers each
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        n_id = n // 8
+        t = time.perf_counter(); ds = sf.SynthFaces(n_id, 8, size=64, seed=0, split='all', cache_dir=d / 'cache'); build = time.perf_counter() - t
+        faces = sf.render(256, size=178, seed=1)['image']
+        files = []
+        for i in range(n):
+            p = d / 'jpg' / f'{i:06d}.jpg'; p.parent.mkdir(exist_ok=True)
+            if i < 256:
+                im = ((faces[i] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+                canvas = np.zeros((218, 178, 3), np.uint8); canvas[20:198] = im
+                Image.fromarray(canvas).save(p, quality=95)
+            else: os.link(d / 'jpg' / f'{i % 256:06d}.jpg', p)
+            files.append(p)
+        torch.set_num_threads(1)
+        kw = dict(batch_size=64, shuffle=True, num_workers=2, persistent_workers=False)
+        cache_n, cache_t = _drain(ds.loader(seed=0, **kw))
+        jpeg_n, jpeg_t = _drain(torch.utils.data.DataLoader(JpegFolder(files), generator=torch.Generator().manual_seed(0), **kw))
+    c, j = cache_n / cache_t, jpeg_n / jpeg_t
+    rows.append((f'serve from SynthFaces memmap cache ({n} images, 2 workers; built once in {build:.1f} s)', f'{c:,.0f} img/s', f'{c / j:.1f}x PIL JPEG'))
+    rows.append((f'PIL: decode 178x218 JPEG, crop, resize to 64 ({n} images, 2 workers)', f'{j:,.0f} img/s', '1.0x'))
+    print(f"\n### SynthFaces (bench/synthfaces.py, n={n}, {cores} cores, torch {torch.__version__})\n")
+    print('| what | speed | ratio |\n|---|---|---|')
+    for r in rows: print('| ' + ' | '.join(r) + ' |')
+
+if __name__ == '__main__':
+    main()
