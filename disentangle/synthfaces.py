@@ -17,7 +17,8 @@ __all__ = ['CLASSES', 'C', 'FACTORS', 'FACTOR_NAMES', 'FI', 'REGION_CLASSES', 'G
            'LENS_R', 'FRAME_W', 'NOSE_TIP', 'MOVING', 'SEQ_STREAM', 'DATA_STREAM', 'SPLIT_STREAM', 'CACHE_KEYS',
            'RENDER_VERSION', 'Factor', 'hash_uniform', 'factors_from_keys', 'sample_factors', 'factor_classes', 'P',
            'height', 'paint', 'rotation', 'normals', 'shade', 'grid', 'unproject', 'project', 'landmarks_canonical',
-           'render_factors', 'render', 'render_sequence', 'collate_batched', 'SynthFaces', 'locality_violations']
+           'light_view', 'render_factors', 'render', 'render_sequence', 'collate_batched', 'SynthFaces',
+           'locality_violations']
 
 # %% ../nbs/01_synthfaces.ipynb 5
 CLASSES = ('background', 'skin', 'nose', 'eye_g', 'l_eye', 'r_eye', 'l_brow', 'r_brow', 'l_ear', 'r_ear',
@@ -401,6 +402,12 @@ def _render_chunk(f, size):
     return out
 
 # %% ../nbs/01_synthfaces.ipynb 41
+def light_view(factors):
+    "Unsup3d-style light (N,4) = (ambient, diffuse, l_x, l_y) and view (N,6) = (pitch, yaw, roll, 0, 0, 0) of a factor matrix."
+    p = P(factors); z = torch.zeros_like(p.yaw.view(-1))
+    return (torch.stack([p.ambient, p.diffuse, p.light_x, p.light_y], 1).view(-1, 4),
+            torch.stack([p.pitch.view(-1), p.yaw.view(-1), p.roll.view(-1), z, z, z], 1))
+
 def render_factors(factors, size=64, identity=None, chunk=64):
     "Render a factor matrix (N, F) at `size` px into a batch dict with every ground-truth key."
     if not 32 <= size <= 256: raise ValueError(f"size must be in [32, 256], got {size}")
@@ -409,13 +416,10 @@ def render_factors(factors, size=64, identity=None, chunk=64):
         raise ValueError(f"factors must have shape (N, {len(FACTORS)}), got {tuple(factors.shape)}")
     parts = [_render_chunk(factors[i:i + chunk], size) for i in range(0, len(factors), chunk)]
     out = {k: torch.cat([q[k] for q in parts]) for k in parts[0]}
-    p = P(factors)
     out['factors'] = factors
     out['factor_classes'] = factor_classes(factors)
     out['identity'] = identity if identity is not None else torch.full((len(factors),), -1, dtype=torch.long)
-    out['light'] = torch.stack([p.ambient, p.diffuse, p.light_x, p.light_y], 1).view(-1, 4)
-    z = torch.zeros_like(p.yaw.view(-1))
-    out['view'] = torch.stack([p.pitch.view(-1), p.yaw.view(-1), p.roll.view(-1), z, z, z], 1)
+    out['light'], out['view'] = light_view(factors)
     return out
 
 # %% ../nbs/01_synthfaces.ipynb 42
@@ -516,13 +520,11 @@ class SynthFaces(torch.utils.data.Dataset):
             return out
         c = self.cache
         f = torch.from_numpy(c['factors'][g])
-        p = P(f)
-        z = torch.zeros(len(g))
+        light, view = light_view(f)
         return {'image': torch.from_numpy(c['image'][g]).permute(0, 3, 1, 2).float() / 127.5 - 1,
                 'mask': torch.from_numpy(c['mask'][g]).long(), 'landmarks': torch.from_numpy(c['landmarks'][g]),
                 'factors': f, 'factor_classes': factor_classes(f), 'identity': torch.from_numpy(c['identity'][g]),
-                'light': torch.stack([p.ambient, p.diffuse, p.light_x, p.light_y], 1).view(-1, 4),
-                'view': torch.stack([p.pitch.view(-1), p.yaw.view(-1), p.roll.view(-1), z, z, z], 1)}
+                'light': light, 'view': view}
 
     def __getitem__(self, i):
         return {k: v[0] for k, v in self.__getitems__([i]).items()}
