@@ -1,10 +1,10 @@
 """SynthFaces speed on this machine, side by side in one run.
 
 (a) images/s rendered at 64 px with all ground truth: one process, and one process per core (each 1 thread);
-    with --compile also torch.compile'd (warm-up reported apart).
+    eager and with render_factors(compiled=True) (torch.compile; its warm-up reported apart).
 (b) images/s served from the SynthFaces uint8 memmap cache vs decoding + centre-cropping + resizing the same number
     of 178x218 JPEG files with PIL (CelebA's aligned size), both through a DataLoader with 2 workers.
-Run: .venv/bin/python bench/synthfaces.py [--n 4096] [--compile]; prints a markdown table for BENCHMARKS.md.
+Run: .venv/bin/python bench/synthfaces.py [--n 4096]; prints a markdown table for BENCHMARKS.md.
 """
 import argparse, os, sys, tempfile, time
 import multiprocessing as mp
@@ -15,12 +15,14 @@ from PIL import Image
 from disentangle import synthfaces as sf
 
 def _render_worker(args):
-    n, chunk, seed = args
+    n, chunk, seed, compiled = args
     torch.set_num_threads(1)
     f, ids = sf.sample_factors(n, seed=seed)
-    sf.render_factors(f[:chunk], 64, chunk=chunk)            # warm-up
-    t = time.perf_counter(); sf.render_factors(f, 64, identity=ids, chunk=chunk)
-    return n, time.perf_counter() - t
+    t = time.perf_counter(); sf.render_factors(f[:chunk], 64, chunk=chunk, compiled=compiled); warm = time.perf_counter() - t
+    t = time.perf_counter()
+    for i in range(0, n, chunk):   # batch by batch, as a training loop consumes them
+        sf.render_factors(f[i:i + chunk], 64, identity=ids[i:i + chunk], chunk=chunk, compiled=compiled)
+    return n, time.perf_counter() - t, warm
 
 class JpegFolder(torch.utils.data.Dataset):
     "CelebA-style loading: decode a 178x218 JPEG, centre-crop 178x178, resize to 64, to a tensor in [-1, 1]."
@@ -38,25 +40,17 @@ def _drain(loader):
     return n, time.perf_counter() - t
 
 def main():
-    ap = argparse.ArgumentParser(); ap.add_argument('--n', type=int, default=4096); ap.add_argument('--compile', action='store_true')
-    a = ap.parse_args(); n = a.n; cores = os.cpu_count() or 1
+    ap = argparse.ArgumentParser(); ap.add_argument('--n', type=int, default=4096);     a = ap.parse_args(); n = a.n; cores = os.cpu_count() or 1
     rows = []
     # (a) rendering
-    m, dt = _render_worker((n, 64, 0)); one = m / dt
-    rows.append(('render 64 px, all ground truth, 1 process x 1 thread', f'{one:,.0f} img/s', ''))
-    with mp.get_context('spawn').Pool(cores) as pool:
-        t = time.perf_counter(); res = pool.map(_render_worker, [(n // cores, 64, s) for s in range(cores)]); wall = time.perf_counter() - t
-    par = sum(r[0] for r in res) / max(r[1] for r in res)
-    rows.append((f'render 64 px, all ground truth, {cores} processes x 1 thread', f'{par:,.0f} img/s', f'{par / one:.2f}x one process'))
-    if a.compile:
-        torch.set_num_threads(1)
-        fn = torch.compile(sf._render_chunk, dynamic=False)
-        f, _ = sf.sample_factors(n, seed=0)
-        t = time.perf_counter(); fn(f[:64], 64); warm = time.perf_counter() - t
-        t = time.perf_counter()
-        for i in range(0, n - 63, 64): fn(f[i:i + 64], 64)
-        comp = (n // 64 * 64) / (time.perf_counter() - t)
-        rows.append(('render 64 px, torch.compile, 1 process x 1 thread', f'{comp:,.0f} img/s', f'{comp / one:.2f}x eager; warm-up {warm:.0f} s'))
+    m, dt, _ = _render_worker((n, 64, 0, False)); one = m / dt
+    rows.append(('render 64 px, all ground truth, eager, 1 process x 1 thread', f'{one:,.0f} img/s', '1.00x'))
+    for compiled in (False, True):
+        with mp.get_context('spawn').Pool(cores) as pool:
+            res = pool.map(_render_worker, [(n // cores, 64, s, compiled) for s in range(cores)])
+        par = sum(r[0] for r in res) / max(r[1] for r in res)
+        what = f"{'compiled (warm-up ' + format(max(r[2] for r in res), '.0f') + ' s, apart)' if compiled else 'eager'}"
+        rows.append((f'render 64 px, all ground truth, {what}, {cores} processes x 1 thread', f'{par:,.0f} img/s', f'{par / one:.2f}x'))
     # (b) cache vs JPEG, same number of images, DataLoader with 2 workers each
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
@@ -73,9 +67,11 @@ def main():
             else: os.link(d / 'jpg' / f'{i % 256:06d}.jpg', p)
             files.append(p)
         torch.set_num_threads(1)
-        kw = dict(batch_size=64, shuffle=True, num_workers=2, persistent_workers=False)
-        cache_n, cache_t = _drain(ds.loader(seed=0, **kw))
-        jpeg_n, jpeg_t = _drain(torch.utils.data.DataLoader(JpegFolder(files), generator=torch.Generator().manual_seed(0), **kw))
+        kw = dict(batch_size=64, shuffle=True, num_workers=2, persistent_workers=True)
+        cache, jpeg = ds.loader(seed=0, **kw), torch.utils.data.DataLoader(JpegFolder(files), generator=torch.Generator().manual_seed(0), **kw)
+        _drain(cache); _drain(jpeg)   # first epoch: start the workers, warm the page cache
+        cache_n, cache_t = _drain(cache)
+        jpeg_n, jpeg_t = _drain(jpeg)
     c, j = cache_n / cache_t, jpeg_n / jpeg_t
     rows.append((f'serve from SynthFaces memmap cache ({n} images, 2 workers; built once in {build:.1f} s)', f'{c:,.0f} img/s', f'{c / j:.1f}x PIL JPEG'))
     rows.append((f'PIL: decode 178x218 JPEG, crop, resize to 64 ({n} images, 2 workers)', f'{j:,.0f} img/s', '1.0x'))

@@ -11,7 +11,7 @@ import torch
 
 # %% auto 0
 __all__ = ['seed_everything', 'get_device', 'from_dict', 'atomic_write', 'save_tensors', 'load_tensors', 'Registry',
-           'save_metrics']
+           'save_metrics', 'collate_batched', 'BatchLoader']
 
 # %% ../nbs/00_core.ipynb 5
 def seed_everything(seed: int) -> torch.Generator:
@@ -126,3 +126,26 @@ def save_metrics(metrics: dict, path: str | os.PathLike = "metrics.json") -> Pat
         out[str(k)] = v if not (isinstance(v, float) and math.isnan(v)) else None
     text = json.dumps(out, indent=1, sort_keys=True)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+# %% ../nbs/00_core.ipynb 23
+def collate_batched(batch):
+    "DataLoader `collate_fn` for data sets whose `__getitems__` already returns a batch dict."
+    return batch
+
+class _Wire(torch.utils.data.Dataset):   # the worker side of BatchLoader
+    def __init__(self, dataset, shm_bytes): self.dataset, self.shm_bytes = dataset, shm_bytes
+    def __len__(self): return len(self.dataset)
+    def __getitems__(self, idxs):
+        out = self.dataset.__getitems__(idxs)
+        if torch.utils.data.get_worker_info() is None: return out
+        return {k: v.numpy() if isinstance(v, torch.Tensor) and v.nbytes < self.shm_bytes else v for k, v in out.items()}
+
+class BatchLoader(torch.utils.data.DataLoader):
+    "A DataLoader over a data set whose `__getitems__` returns a batch dict; `seed` fixes the shuffling."
+    def __init__(self, dataset, batch_size=64, shuffle=True, seed=0, num_workers=0, drop_last=False, shm_bytes=1 << 20, **kw):
+        if not hasattr(dataset, '__getitems__'): raise TypeError(f"{type(dataset).__name__} has no __getitems__: use a torch DataLoader")
+        self.source = dataset
+        super().__init__(_Wire(dataset, shm_bytes), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                         generator=torch.Generator().manual_seed(seed), num_workers=num_workers, collate_fn=collate_batched, **kw)
+    def __iter__(self):
+        for b in super().__iter__(): yield {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in b.items()}

@@ -4,20 +4,21 @@
 
 # %% ../nbs/01_synthfaces.ipynb 2
 from __future__ import annotations
-import dataclasses, math, os, shutil, tempfile
+import dataclasses, functools, math, os, shutil, tempfile
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from .core import BatchLoader, collate_batched
 
 # %% auto 0
 __all__ = ['CLASSES', 'C', 'FACTORS', 'FACTOR_NAMES', 'FI', 'REGION_CLASSES', 'GLASSES_P', 'ID_STREAM', 'ATTR_STREAM',
            'PICK_STREAM', 'SKIN', 'HAIR', 'IRIS', 'LIPS', 'BROW', 'LASH', 'SCLERA', 'PUPIL', 'TEETH', 'MOUTH_IN',
            'FRAME', 'LENS', 'H_SKULL', 'SKULL', 'PIVOT_Z', 'EYE_Y', 'NOSE_Y', 'MOUTH_Y', 'BROW_X', 'HAIR_Y', 'LENS_X',
-           'LENS_R', 'FRAME_W', 'NOSE_TIP', 'MOVING', 'SEQ_STREAM', 'DATA_STREAM', 'SPLIT_STREAM', 'CACHE_KEYS',
-           'RENDER_VERSION', 'Factor', 'hash_uniform', 'factors_from_keys', 'sample_factors', 'factor_classes', 'P',
-           'height', 'paint', 'rotation', 'normals', 'shade', 'grid', 'unproject', 'project', 'landmarks_canonical',
-           'light_view', 'render_factors', 'render', 'render_sequence', 'collate_batched', 'SynthFaces',
+           'LENS_R', 'FRAME_W', 'FEATURES', 'NOSE_TIP', 'MOVING', 'SEQ_STREAM', 'DATA_STREAM', 'SPLIT_STREAM',
+           'CACHE_KEYS', 'RENDER_VERSION', 'Factor', 'hash_uniform', 'factors_from_keys', 'sample_factors',
+           'factor_classes', 'P', 'height', 'grid', 'paint', 'rotation', 'normals', 'shade', 'unproject', 'project',
+           'landmarks_canonical', 'light_view', 'render_factors', 'render', 'render_sequence', 'SynthFaces',
            'locality_violations']
 
 # %% ../nbs/01_synthfaces.ipynb 5
@@ -219,31 +220,24 @@ def _over(alb, lab, a, colour, cls):  # paint a layer of coverage a (B,H,W) and 
 # %% ../nbs/01_synthfaces.ipynb 25
 def _col(c, like): return torch.tensor(c, dtype=like.dtype).view(1, 3, 1, 1)
 
-# %% ../nbs/01_synthfaces.ipynb 27
-def paint(u, v, p, pix):
-    """Albedo (B,3,H,W), labels (B,H,W), object coverage (B,H,W) and the background colour at canonical
-    points (u, v): skin, nose, mouth, glasses, eyes, brows, then hair, each an anti-aliased layer over the last."""
-    B = p.face_a.shape[0]
-    shape = (B,) + tuple(torch.broadcast_shapes(u.shape, v.shape)[1:])
-    u, v = u.expand(shape), v.expand(shape)
-    one = torch.ones_like(u)
-    skin = _palette(p.skin_tone.view(-1), SKIN).view(B, 3, 1, 1)
-    # face oval with a narrower jaw, and the neck below it
-    t = ((v - 0.04) / p.face_b).clamp(min=0)
-    jaw = p.face_a * (1 - 0.22 * t * t)
-    a_face = _cov(_ell_sd(u, v, 0., 0.04, jaw, p.face_b), pix)
-    a_neck = _cov(torch.maximum(u.abs() - 0.17, 0.3 - v), pix)
-    alb = skin * 0.82 * one.unsqueeze(1)
-    lab = torch.full(shape, C['neck'], dtype=torch.uint8)
-    alb, lab = _over(alb, lab, a_face, skin, C['skin'])
-    # nose: its relief region, slightly redder, with nostrils
+# %% ../nbs/01_synthfaces.ipynb 26
+def grid(size, dtype=torch.float32):
+    "Pixel-centre coordinates in [-1, 1] (align_corners=False): u (1,1,W) and v (1,H,1)."
+    c = (torch.arange(size, dtype=dtype) * 2 + 1) / size - 1
+    return c.view(1, 1, size), c.view(1, size, 1)   # u (1,1,W), v (1,H,1)
+
+# %% ../nbs/01_synthfaces.ipynb 28
+def _nose(alb, lab, u, v, p, pix):
+    skin = _palette(p.skin_tone.view(-1), SKIN).view(-1, 3, 1, 1)
     a_nose = _cov(_ell_sd(u, v, 0., NOSE_Y, p.nose_w, p.nose_l), pix)
     alb, lab = _over(alb, lab, a_nose, skin * _col((1.0, 0.94, 0.92), u), C['nose'])
-    ny = NOSE_Y + 0.72 * p.nose_l
+    ny = NOSE_Y + 0.72 * p.nose_l   # nostrils
     a_nos = torch.maximum(_cov(_ell_sd(u, v, -0.33 * p.nose_w, ny, 0.2 * p.nose_w, 0.1 * p.nose_l), pix),
                           _cov(_ell_sd(u, v, 0.33 * p.nose_w, ny, 0.2 * p.nose_w, 0.1 * p.nose_l), pix))
-    alb, lab = _over(alb, lab, a_nos, skin * 0.45, None)
-    # mouth: lip line bent up at the corners by the smile; lips part to show teeth
+    return _over(alb, lab, a_nos, skin * 0.45, None)
+
+# %% ../nbs/01_synthfaces.ipynb 29
+def _mouth(alb, lab, u, v, p, pix):  # lip line bent up at the corners by the smile; lips part to show teeth
     s = u / p.mouth_w
     taper = (1 - s * s).clamp(min=0)
     line = MOUTH_Y - 0.045 * p.smile + 0.07 * p.smile * taper
@@ -251,7 +245,7 @@ def paint(u, v, p, pix):
     sd_u = u.abs() - p.mouth_w
     upper_top = line - (0.008 + 0.03 * taper.sqrt())
     lower_bot = line + gap + (0.008 + 0.036 * taper.sqrt())
-    lips = _palette(p.lip_colour.view(-1), LIPS).view(B, 3, 1, 1)
+    lips = _palette(p.lip_colour.view(-1), LIPS).view(-1, 3, 1, 1)
     a_ul = _cov(torch.maximum(torch.maximum(upper_top - v, v - line), sd_u), pix)
     a_in = _cov(torch.maximum(torch.maximum(line - v, v - line - gap), sd_u), pix)
     a_ll = _cov(torch.maximum(torch.maximum(line + gap - v, v - lower_bot), sd_u), pix)
@@ -259,39 +253,82 @@ def paint(u, v, p, pix):
     alb, lab = _over(alb, lab, a_all, _col(MOUTH_IN, u), C['mouth'])   # dark backing: no skin between the lips
     alb, lab = _over(alb, lab, a_ul, lips * 0.85, C['u_lip'])
     alb, lab = _over(alb, lab, a_ll, lips, C['l_lip'])
-    alb, lab = _over(alb, lab, a_in, _col(TEETH, u), C['mouth'])
-    # glasses: two rims and a bridge; lenses tint what lies behind them (eyes are painted after, untinted)
+    return _over(alb, lab, a_in, _col(TEETH, u), C['mouth'])
+
+# %% ../nbs/01_synthfaces.ipynb 30
+def _glasses(alb, lab, u, v, p, pix):  # two rims and a bridge; lenses tint what lies behind them
     g = p.glasses
     sd_l = torch.minimum(_ell_sd(u, v, -LENS_X, EYE_Y, *LENS_R), _ell_sd(u, v, LENS_X, EYE_Y, *LENS_R))
     a_lens = _cov(sd_l, pix) * g
     a_glass = torch.maximum(_cov(sd_l - FRAME_W, pix), _cov(torch.maximum((v - EYE_Y + 0.025).abs() - 0.01, u.abs() - 0.13), pix)) * g
     alb = alb * (1 + (_col(LENS, u) - 1) * a_lens.unsqueeze(1))
     alb, lab = _over(alb, lab, a_glass * (1 - a_lens), _col(FRAME, u), None)
-    lab = torch.where(a_glass >= 0.5, torch.as_tensor(C['eye_g'], dtype=lab.dtype), lab)
-    # eyes: sclera, iris, pupil inside a dark lash outline; eye_open sets the lid opening
-    iris = _palette(p.iris_colour.view(-1), IRIS).view(B, 3, 1, 1)
-    for side, cls in ((-1, C['l_eye']), (1, C['r_eye'])):
-        cx = side * p.eye_x
-        te = ((u - cx) / p.eye_w).clamp(-1, 1)   # almond: parabolic lids meeting at the corners
-        sd = torch.maximum((v - EYE_Y).abs() - p.eye_h * (1 - te * te), (u - cx).abs() - p.eye_w)
-        r = torch.sqrt((u - cx) ** 2 + (v - EYE_Y) ** 2)
-        c = _lerp(_col(SCLERA, u), iris, _cov(r - 0.45 * p.eye_w, pix).unsqueeze(1))
-        c = _lerp(c, _col(PUPIL, u), _cov(r - 0.2 * p.eye_w, pix).unsqueeze(1))
-        c = _lerp(_col(LASH, u), c, _cov(sd, pix).unsqueeze(1))
-        alb, lab = _over(alb, lab, _cov(sd - 0.016, pix), c, cls)
-    # brows: arched bands thinning towards the temples
-    for side, cls in ((-1, C['l_brow']), (1, C['r_brow'])):
-        tb = (u - side * BROW_X) / 0.12
-        yc = p.brow_y - p.brow_arch_ * (1 - tb * tb)
-        th = p.brow_t * (1 - 0.4 * (tb * side).clamp(0, 1))
-        a = _cov(torch.maximum((v - yc).abs() - th / 2, tb.abs() * 0.12 - 0.12), pix)
-        alb, lab = _over(alb, lab, a, _col(BROW, u), cls)
+    return alb, torch.where(a_glass >= 0.5, torch.as_tensor(C['eye_g'], dtype=lab.dtype), lab)
+
+# %% ../nbs/01_synthfaces.ipynb 31
+def _eye(alb, lab, u, v, p, pix, side):  # sclera, iris, pupil inside a dark lash outline; eye_open sets the lids
+    iris = _palette(p.iris_colour.view(-1), IRIS).view(-1, 3, 1, 1)
+    cx = side * p.eye_x
+    te = ((u - cx) / p.eye_w).clamp(-1, 1)   # almond: parabolic lids meeting at the corners
+    sd = torch.maximum((v - EYE_Y).abs() - p.eye_h * (1 - te * te), (u - cx).abs() - p.eye_w)
+    r = torch.sqrt((u - cx) ** 2 + (v - EYE_Y) ** 2)
+    c = _lerp(_col(SCLERA, u), iris, _cov(r - 0.45 * p.eye_w, pix).unsqueeze(1))
+    c = _lerp(c, _col(PUPIL, u), _cov(r - 0.2 * p.eye_w, pix).unsqueeze(1))
+    c = _lerp(_col(LASH, u), c, _cov(sd, pix).unsqueeze(1))
+    return _over(alb, lab, _cov(sd - 0.016, pix), c, C['l_eye' if side < 0 else 'r_eye'])
+
+# %% ../nbs/01_synthfaces.ipynb 32
+def _brow(alb, lab, u, v, p, pix, side):  # an arched band thinning towards the temple
+    tb = (u - side * BROW_X) / 0.12
+    yc = p.brow_y - p.brow_arch_ * (1 - tb * tb)
+    th = p.brow_t * (1 - 0.4 * (tb * side).clamp(0, 1))
+    a = _cov(torch.maximum((v - yc).abs() - th / 2, tb.abs() * 0.12 - 0.12), pix)
+    return _over(alb, lab, a, _col(BROW, u), C['l_brow' if side < 0 else 'r_brow'])
+
+# %% ../nbs/01_synthfaces.ipynb 34
+FEATURES = (   # (layer, box in the canonical frame), painted in this order
+    (_nose, (-0.125, 0.125, -0.02, 0.34)),
+    (_mouth, (-0.21, 0.21, 0.39, 0.59)),
+    (_glasses, (-0.418, 0.418, -0.168, 0.068)),
+    (functools.partial(_eye, side=-1), (-0.396, -0.104, -0.131, 0.031)),
+    (functools.partial(_eye, side=1), (0.104, 0.396, -0.131, 0.031)),
+    (functools.partial(_brow, side=-1), (-0.37, -0.13, -0.385, -0.225)),
+    (functools.partial(_brow, side=1), (0.13, 0.37, -0.385, -0.225)),
+)
+
+def _span(lo, hi, size):  # the pixels whose centres (2i + 1) / size - 1 lie in [lo, hi]
+    a = max(0, math.ceil((lo + 1) * size / 2 - 0.5)); b = min(size, math.floor((hi + 1) * size / 2 - 0.5) + 1)
+    return slice(a, max(a, b))
+
+# %% ../nbs/01_synthfaces.ipynb 35
+def paint(p, size, boxes=True):
+    """Albedo (B,3,H,W), labels (B,H,W), object coverage (B,H,W) and the background colour (B,3,1,1) on the
+    canonical `grid(size)`: skin, nose, mouth, glasses, eyes, brows, then hair, each an anti-aliased layer over the
+    last. `boxes=False` evaluates every layer on every pixel (the reference the boxes are checked against)."""
+    B = p.face_a.shape[0]; pix = 2 / size
+    u, v = grid(size, p.face_a.dtype)
+    shape = (B, size, size)
+    uu, vv = u.expand(shape), v.expand(shape)
+    skin = _palette(p.skin_tone.view(-1), SKIN).view(B, 3, 1, 1)
+    # face oval with a narrower jaw, and the neck below it
+    t = ((vv - 0.04) / p.face_b).clamp(min=0)
+    jaw = p.face_a * (1 - 0.22 * t * t)
+    a_face = _cov(_ell_sd(uu, vv, 0., 0.04, jaw, p.face_b), pix)
+    a_neck = _cov(torch.maximum(uu.abs() - 0.17, 0.3 - vv), pix)
+    alb = (skin * 0.82).expand(B, 3, size, size)
+    lab = torch.full(shape, C['neck'], dtype=torch.uint8)
+    alb, lab = _over(alb, lab, a_face, skin, C['skin'])
+    m = 0.04 + 2 * pix
+    for layer, (u0, u1, v0, v1) in FEATURES:
+        rs, cs = (_span(v0 - m, v1 + m, size), _span(u0 - m, u1 + m, size)) if boxes else (slice(None), slice(None))
+        a, l = layer(alb[:, :, rs, cs], lab[:, rs, cs], u[:, :, cs].expand(B, 1, -1), v[:, rs].expand(B, -1, 1), p, pix)
+        alb[:, :, rs, cs] = a; lab[:, rs, cs] = l
     # hair: inside its outline, above its length, except the face below the hairline; strands as a triangle wave
     # (outline: an ellipse on top, straight sides below its centre, so hair beside the face is never a sliver)
-    sd_top = torch.where(v < HAIR_Y, _ell_sd(u, v, 0., HAIR_Y, p.hair_a, p.hair_b), u.abs() - p.hair_a)
-    a_out = _cov(sd_top, pix) * _cov(v - p.hair_len, pix)
-    a_hair = a_out * (1 - a_face * _cov(p.hairline_ + 0.12 * u * u - v, pix)) * (1 - a_neck)
-    x = 22 * u + 5 * v
+    sd_top = torch.where(vv < HAIR_Y, _ell_sd(uu, vv, 0., HAIR_Y, p.hair_a, p.hair_b), uu.abs() - p.hair_a)
+    a_out = _cov(sd_top, pix) * _cov(vv - p.hair_len, pix)
+    a_hair = a_out * (1 - a_face * _cov(p.hairline_ + 0.12 * uu * uu - vv, pix)) * (1 - a_neck)
+    x = 22 * uu + 5 * vv
     strands = 0.85 + 0.15 * (2 * (x - x.floor()) - 1).abs()
     hair = _palette(p.hair_colour.view(-1), HAIR).view(B, 3, 1, 1) * strands.unsqueeze(1)
     # object coverage: face, neck and hair; the neck/face albedo is kept un-premultiplied
@@ -303,7 +340,7 @@ def paint(u, v, p, pix):
     bg = _hsv(p.background.view(-1), torch.full((B,), 0.3), torch.full((B,), 0.78)).view(B, 3, 1, 1)
     return alb, lab, alpha, bg
 
-# %% ../nbs/01_synthfaces.ipynb 29
+# %% ../nbs/01_synthfaces.ipynb 39
 def rotation(pitch, yaw, roll):
     "R = Rz(roll) Ry(-yaw) Rx(pitch) (B,3,3); camera x right, y down, z away from the camera."
     z, o = torch.zeros_like(yaw), torch.ones_like(yaw)
@@ -313,13 +350,13 @@ def rotation(pitch, yaw, roll):
     Rz = torch.stack([cr, -sr, z, sr, cr, z, z, z, o], -1).view(-1, 3, 3)
     return Rz @ Ry @ Rx
 
-# %% ../nbs/01_synthfaces.ipynb 30
+# %% ../nbs/01_synthfaces.ipynb 40
 def normals(hu, hv):
     "Unit surface normals (B,3,H,W) of z = 1 - h, pointing to the camera (z < 0)."
     k = torch.rsqrt(hu * hu + hv * hv + 1)
     return torch.stack([-hu * k, -hv * k, -k], 1)
 
-# %% ../nbs/01_synthfaces.ipynb 31
+# %% ../nbs/01_synthfaces.ipynb 41
 def shade(n, p):
     "Lambertian shading ambient + diffuse * max(0, n . l) (B,H,W), l = normalize(light_x, light_y, -1)."
     lx, ly = p.light_x, p.light_y
@@ -327,13 +364,7 @@ def shade(n, p):
     d = (n[:, 0] * (lx * k) + n[:, 1] * (ly * k) + n[:, 2] * (-k)).clamp(min=0)
     return p.ambient + p.diffuse * d
 
-# %% ../nbs/01_synthfaces.ipynb 32
-def grid(size, dtype=torch.float32):
-    "Pixel-centre coordinates in [-1, 1] (align_corners=False): u (1,1,W) and v (1,H,1)."
-    c = (torch.arange(size, dtype=dtype) * 2 + 1) / size - 1
-    return c.view(1, 1, size), c.view(1, size, 1)   # u (1,1,W), v (1,H,1)
-
-# %% ../nbs/01_synthfaces.ipynb 34
+# %% ../nbs/01_synthfaces.ipynb 43
 def unproject(x, y, R, p, iters=5):
     "Canonical (u, v) seen at image points (x, y): fixed-point solve of [x,y] = (R (P - c) + c)_xy, P = (u, v, 1 - h(u, v))."
     A = R[:, :2, :2]; r3 = R[:, :2, 2]
@@ -350,7 +381,7 @@ def unproject(x, y, R, p, iters=5):
         u, v = solve(1 - h)
     return u, v
 
-# %% ../nbs/01_synthfaces.ipynb 35
+# %% ../nbs/01_synthfaces.ipynb 44
 def project(P, R):
     "Image points of canonical 3D points P (B,N,3)."
     c = torch.tensor([0., 0., PIVOT_Z], dtype=P.dtype)
@@ -358,7 +389,7 @@ def project(P, R):
 
 _y = np.roots([1.75, 2.6, -0.35]); NOSE_TIP = float(_y[_y > 0][0])   # argmax of the nose relief along its axis
 
-# %% ../nbs/01_synthfaces.ipynb 37
+# %% ../nbs/01_synthfaces.ipynb 46
 def landmarks_canonical(p):
     "CelebA's five landmarks in the canonical frame (B,5,2): left eye, right eye, nose tip, left and right mouth corners."
     z = torch.zeros_like(p.eye_x.view(-1))
@@ -367,72 +398,92 @@ def landmarks_canonical(p):
     vs = torch.stack([ey, ey, NOSE_Y + NOSE_TIP * p.nose_l.view(-1), my, my], 1)
     return torch.stack([us, vs], -1)
 
-# %% ../nbs/01_synthfaces.ipynb 39
-def _render_chunk(f, size):
-    p = P(f); pix = 2 / size; B = f.shape[0]
+# %% ../nbs/01_synthfaces.ipynb 48
+def _canonical(f, size, alb, lab, alpha, bg):   # the canonical maps from the painted layers
+    p = P(f); B = f.shape[0]
     u, v = grid(size, f.dtype)
-    R = rotation(p.pitch.view(-1), p.yaw.view(-1), p.roll.view(-1))
-    # canonical frame
-    alb, lab, alpha, bg = paint(u, v, p, pix)
     h, hu, hv = height(u.expand(B, size, size), v.expand(B, size, size), p)
     n = normals(hu * alpha, hv * alpha)
     out = {'albedo': alb * alpha.unsqueeze(1) + bg * (1 - alpha.unsqueeze(1)), 'depth': (1 - h * alpha).unsqueeze(1),
-           'normal': n, 'shading': shade(n, p).unsqueeze(1), 'mask_canon': lab.long()}
-    # image frame: find the visible canonical point of each pixel, sample the canonical maps there, shade with its normal
-    ui, vi = unproject(u, v, R, p)
-    g = torch.stack([ui, vi], -1)
-    a1 = alpha.unsqueeze(1)   # sample premultiplied albedo so that nothing outside the face leaks in at its edge
-    maps = F.grid_sample(torch.cat([alb * a1, a1], 1), g, mode='bilinear', padding_mode='border', align_corners=False)
+           'normal': n, 'shading': shade(n, p).unsqueeze(1), 'mask_canon': lab}
+    return out
+
+def _visible(f, size):     # the canonical point (u, v) each image pixel sees, as a grid_sample grid (B,H,W,2)
+    p = P(f); u, v = grid(size, f.dtype)
+    R = rotation(p.pitch.view(-1), p.yaw.view(-1), p.roll.view(-1))
+    return torch.stack(unproject(u, v, R, p), -1)
+
+def _image_frame(f, size, g, maps, lab_near, bg):   # shade the sampled maps with the normal at the visible point
+    p = P(f)
+    R = rotation(p.pitch.view(-1), p.yaw.view(-1), p.roll.view(-1))
+    ui, vi = g[..., 0], g[..., 1]
     a4 = maps[:, 3:]
     alb_i = maps[:, :3] / a4.clamp(min=1e-6)
-    lab_i = F.grid_sample(lab.unsqueeze(1).to(f.dtype), g, mode='nearest', padding_mode='border', align_corners=False)[:, 0].to(torch.uint8)
-    lab_i = torch.where(a4[:, 0] >= 0.5, lab_i, torch.zeros_like(lab_i))
+    lab_i = torch.where(a4[:, 0] >= 0.5, lab_near[:, 0].to(torch.uint8), torch.zeros((), dtype=torch.uint8))
     h_i, hu_i, hv_i = height(ui, vi, p)
     n_i = normals(hu_i, hv_i)
     s_i = shade(n_i, p).unsqueeze(1)
     rgb = a4 * alb_i * s_i + (1 - a4) * bg
-    P3 = torch.stack([ui, vi, 1 - h_i], -1).view(B, -1, 3)
-    z_i = project(P3, R)[..., 2].view(B, 1, size, size)
+    r = R[:, 2, :, None, None]   # depth: the z row of R (P - c) + c
+    z_i = (r[:, 0] * ui + r[:, 1] * vi + r[:, 2] * (1 - h_i - PIVOT_Z) + PIVOT_Z).unsqueeze(1)
     lm = landmarks_canonical(p)
     hl = height(lm[..., 0].unsqueeze(-1), lm[..., 1].unsqueeze(-1), p)[0].squeeze(-1)
     lm3 = project(torch.cat([lm, (1 - hl).unsqueeze(-1)], -1), R)
-    out.update(image=rgb * 2 - 1, mask=lab_i.long(), alpha=a4, albedo_img=alb_i, shading_img=s_i, normal_img=n_i,
-               depth_img=torch.where(a4 >= 0.5, z_i, torch.ones_like(z_i)),
-               landmarks=(lm3[..., :2] + 1) / 2 * size - 0.5)
+    return dict(image=rgb * 2 - 1, mask=lab_i, alpha=a4, albedo_img=alb_i, shading_img=s_i, normal_img=n_i,
+                depth_img=torch.where(a4 >= 0.5, z_i, torch.ones_like(z_i)), landmarks=(lm3[..., :2] + 1) / 2 * size - 0.5)
+
+# %% ../nbs/01_synthfaces.ipynb 50
+_COMPILED = {}
+
+def _stages(compiled):
+    if not compiled: return _canonical, _visible, _image_frame
+    if not _COMPILED: _COMPILED.update(c=torch.compile(_canonical, dynamic=False), v=torch.compile(_visible, dynamic=False),
+                                       i=torch.compile(_image_frame, dynamic=False))
+    return _COMPILED['c'], _COMPILED['v'], _COMPILED['i']
+
+def _render_chunk(f, size, compiled=False):
+    canonical, visible, image_frame = _stages(compiled)
+    alb, lab, alpha, bg = paint(P(f), size)
+    out = canonical(f, size, alb, lab, alpha, bg)
+    g = visible(f, size)
+    a1 = alpha.unsqueeze(1)   # sample premultiplied albedo so that nothing outside the face leaks in at its edge
+    maps = F.grid_sample(torch.cat([alb * a1, a1], 1), g, mode='bilinear', padding_mode='border', align_corners=False)
+    lab_near = F.grid_sample(lab.unsqueeze(1).to(f.dtype), g, mode='nearest', padding_mode='border', align_corners=False)
+    out.update(image_frame(f, size, g, maps, lab_near, bg))
     return out
 
-# %% ../nbs/01_synthfaces.ipynb 41
+# %% ../nbs/01_synthfaces.ipynb 52
 def light_view(factors):
     "Unsup3d-style light (N,4) = (ambient, diffuse, l_x, l_y) and view (N,6) = (pitch, yaw, roll, 0, 0, 0) of a factor matrix."
     p = P(factors); z = torch.zeros_like(p.yaw.view(-1))
     return (torch.stack([p.ambient, p.diffuse, p.light_x, p.light_y], 1).view(-1, 4),
             torch.stack([p.pitch.view(-1), p.yaw.view(-1), p.roll.view(-1), z, z, z], 1))
 
-def render_factors(factors, size=64, identity=None, chunk=64):
+def render_factors(factors, size=64, identity=None, chunk=64, compiled=False):
     "Render a factor matrix (N, F) at `size` px into a batch dict with every ground-truth key."
     if not 32 <= size <= 256: raise ValueError(f"size must be in [32, 256], got {size}")
     factors = torch.as_tensor(factors, dtype=torch.float32)
     if factors.ndim != 2 or factors.shape[1] != len(FACTORS):
         raise ValueError(f"factors must have shape (N, {len(FACTORS)}), got {tuple(factors.shape)}")
-    parts = [_render_chunk(factors[i:i + chunk], size) for i in range(0, len(factors), chunk)]
-    out = {k: torch.cat([q[k] for q in parts]) for k in parts[0]}
+    parts = [_render_chunk(factors[i:i + chunk], size, compiled) for i in range(0, len(factors), chunk)]
+    out = parts[0] if len(parts) == 1 else {k: torch.cat([q[k] for q in parts]) for k in parts[0]}
     out['factors'] = factors
     out['factor_classes'] = factor_classes(factors)
     out['identity'] = identity if identity is not None else torch.full((len(factors),), -1, dtype=torch.long)
     out['light'], out['view'] = light_view(factors)
     return out
 
-# %% ../nbs/01_synthfaces.ipynb 42
+# %% ../nbs/01_synthfaces.ipynb 53
 def render(n, size=64, seed=0, identities=None, **fixed):
     "`n` random faces (identities and attributes from `seed`), factors in `fixed` pinned by name, e.g. `yaw=0.3`."
     f, ids = sample_factors(n, seed=seed, identities=identities, **fixed)
     return render_factors(f, size=size, identity=ids)
 
-# %% ../nbs/01_synthfaces.ipynb 44
+# %% ../nbs/01_synthfaces.ipynb 57
 MOVING = ('yaw', 'pitch', 'roll', 'smile', 'eye_open', 'brow_raise')
 SEQ_STREAM, DATA_STREAM, SPLIT_STREAM = 5, 6, 7
 
-# %% ../nbs/01_synthfaces.ipynb 45
+# %% ../nbs/01_synthfaces.ipynb 58
 def render_sequence(n_frames=32, identity=0, size=64, seed=0, **fixed):
     "One person over `n_frames`: pose and expression move smoothly (sinusoids), everything else stays."
     fixed = _check_fixed(fixed)
@@ -449,16 +500,11 @@ def render_sequence(n_frames=32, identity=0, size=64, seed=0, **fixed):
     out['time'] = t.float()
     return out
 
-# %% ../nbs/01_synthfaces.ipynb 47
+# %% ../nbs/01_synthfaces.ipynb 60
 CACHE_KEYS = ('image', 'mask', 'landmarks', 'factors', 'identity')
 RENDER_VERSION = 1
 
-# %% ../nbs/01_synthfaces.ipynb 48
-def collate_batched(batch):
-    "DataLoader `collate_fn` for data sets whose `__getitems__` already returns a batch dict."
-    return batch
-
-# %% ../nbs/01_synthfaces.ipynb 49
+# %% ../nbs/01_synthfaces.ipynb 61
 class SynthFaces(torch.utils.data.Dataset):
     """`n_identities` people x `images_per_identity` images each; splits are disjoint in identity.
     With `cache_dir`, the whole set is rendered once into uint8 memory-mapped files and served from them."""
@@ -521,8 +567,9 @@ class SynthFaces(torch.utils.data.Dataset):
         c = self.cache
         f = torch.from_numpy(c['factors'][g])
         light, view = light_view(f)
-        return {'image': torch.from_numpy(c['image'][g]).permute(0, 3, 1, 2).float() / 127.5 - 1,
-                'mask': torch.from_numpy(c['mask'][g]).long(), 'landmarks': torch.from_numpy(c['landmarks'][g]),
+        image = torch.from_numpy(c['image'][g]).permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+        return {'image': image.div_(127.5).sub_(1),
+                'mask': torch.from_numpy(c['mask'][g]), 'landmarks': torch.from_numpy(c['landmarks'][g]),
                 'factors': f, 'factor_classes': factor_classes(f), 'identity': torch.from_numpy(c['identity'][g]),
                 'light': light, 'view': view}
 
@@ -530,19 +577,17 @@ class SynthFaces(torch.utils.data.Dataset):
         return {k: v[0] for k, v in self.__getitems__([i]).items()}
 
     def loader(self, batch_size=64, shuffle=True, seed=0, num_workers=0, drop_last=False, **kw):
-        "A DataLoader that fetches whole batches at once (vectorised render or one memmap gather)."
-        g = torch.Generator().manual_seed(seed)
-        return torch.utils.data.DataLoader(self, batch_size=batch_size, shuffle=shuffle, generator=g, drop_last=drop_last,
-                                           num_workers=num_workers, collate_fn=collate_batched, **kw)
+        "A `BatchLoader`: whole batches at once (vectorised render or one memmap gather)."
+        return BatchLoader(self, batch_size=batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers, drop_last=drop_last, **kw)
 
-# %% ../nbs/01_synthfaces.ipynb 66
+# %% ../nbs/01_synthfaces.ipynb 78
 def locality_violations(factors, name, new_values, size=64, threshold=1 / 255, dilation=2):
     "Changed pixels outside the dilated region masks when factor `name` is set to `new_values`: (violations, changed) counts."
     spec = FACTORS[FI[name]]
     g = factors.clone(); g[:, FI[name]] = torch.as_tensor(new_values, dtype=g.dtype)
     a, b = render_factors(factors, size), render_factors(g, size)
     changed = (a['image'] - b['image']).abs().amax(1) / 2 > threshold
-    cls = torch.tensor([C[c] for c in REGION_CLASSES[spec.region]])
+    cls = torch.tensor([C[c] for c in REGION_CLASSES[spec.region]], dtype=torch.uint8)
     region = torch.isin(a['mask'], cls) | torch.isin(b['mask'], cls)
     allowed = F.max_pool2d(region.float().unsqueeze(1), 2 * dilation + 1, 1, dilation)[:, 0] > 0
     return int((changed & ~allowed).sum()), int(changed.sum())
