@@ -11,9 +11,12 @@ import torch
 import torch.nn.functional as F
 
 # %% auto 0
-__all__ = ['histogram_discretize', 'discrete_mutual_info', 'discrete_entropy', 'mig', 'dci_from_importance', 'gbt_importance',
-           'dci', 'linear_svc_1d', 'sap_score_matrix', 'sap', 'modularity_from_mi', 'logistic_regression',
-           'roc_auc_ovr', 'modularity_explicitness', 'beta_vae_score', 'factor_vae_votes', 'factor_vae_score']
+__all__ = ['MS_WEIGHTS', 'histogram_discretize', 'discrete_mutual_info', 'discrete_entropy', 'mig', 'dci_from_importance',
+           'gbt_importance', 'dci', 'linear_svc_1d', 'sap_score_matrix', 'sap', 'modularity_from_mi',
+           'logistic_regression', 'roc_auc_ovr', 'modularity_explicitness', 'beta_vae_score', 'factor_vae_votes',
+           'factor_vae_score', 'cosine_similarity', 'identity_similarity', 'landmark_nme', 'edit_locality', 'erode',
+           'normals_from_depth', 'side', 'mad', 'labeled_accuracy', 'residual_leakage', 'psnr', 'ssim', 'ms_ssim',
+           'frechet_distance', 'fid', 'kid']
 
 # %% ../nbs/07_metrics.ipynb 5
 def _codes(z, name='z', n=None) -> np.ndarray:
@@ -253,3 +256,165 @@ def factor_vae_score(z_train_groups, k_train, z_eval_groups, k_eval, global_vari
     clf = tv.argmax(0); cols = np.arange(tv.shape[1])
     return {'train_accuracy': float(tv[clf, cols].sum() / tv.sum()), 'eval_accuracy': float(ev[clf, cols].sum() / ev.sum()),
             'num_active_dims': int(active.sum())}
+
+# %% ../nbs/07_metrics.ipynb 39
+def cosine_similarity(e1, e2) -> torch.Tensor:
+    "Per-row cosine similarity of two embedding batches (N, E)."
+    if e1.shape != e2.shape or e1.ndim != 2: raise ValueError(f"embeddings must both have shape (N, E), got {tuple(e1.shape)} and {tuple(e2.shape)}")
+    return F.cosine_similarity(e1.double(), e2.double(), dim=1)
+
+def identity_similarity(embed, x, y) -> float:
+    "Mean cosine similarity of embed(x) and embed(y): identity preservation under any embedder."
+    with torch.no_grad(): return float(cosine_similarity(embed(x), embed(y)).mean())
+
+def landmark_nme(pred, gt, eyes=(0, 1)) -> float:
+    "Normalised mean error of landmarks (N, P, 2): mean point distance over the distance between the two eye landmarks."
+    pred, gt = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(gt, dtype=torch.float64)
+    if pred.shape != gt.shape or pred.ndim != 3 or pred.shape[-1] != 2: raise ValueError(f"landmarks must both be (N, P, 2), got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    iod = (gt[:, eyes[0]] - gt[:, eyes[1]]).norm(dim=-1)
+    if (iod <= 0).any(): raise ValueError(f"gt: {int((iod <= 0).sum())} faces have coincident eye landmarks (inter-ocular distance 0)")
+    return float(((pred - gt).norm(dim=-1).mean(-1) / iod).mean())
+
+def edit_locality(before, after, mask) -> float:
+    "Share of the absolute change |after - before| (N, C, H, W) inside mask (N, H, W), averaged over the images that changed."
+    if before.shape != after.shape or before.ndim != 4: raise ValueError(f"before/after must both be (N, C, H, W), got {tuple(before.shape)} and {tuple(after.shape)}")
+    if mask.shape != (before.shape[0],) + before.shape[2:]: raise ValueError(f"mask: expected shape {(before.shape[0],) + tuple(before.shape[2:])}, got {tuple(mask.shape)}")
+    d = (after.double() - before.double()).abs().sum(1)
+    total, inside = d.flatten(1).sum(1), (d * mask.double()).flatten(1).sum(1)
+    changed = total > 0
+    if not changed.any(): raise ValueError("after: no image differs from before; locality is undefined")
+    return float((inside[changed] / total[changed]).mean())
+
+# %% ../nbs/07_metrics.ipynb 42
+def erode(mask, px):
+    "Binary erosion of masks (N, H, W) by `px` pixels (square neighbourhood)."
+    if px <= 0: return mask.bool()
+    return -F.max_pool2d(-mask.float().unsqueeze(1), 2 * px + 1, 1, px)[:, 0] > 0.5
+
+def normals_from_depth(depth, fov=10.):
+    "Unit normals (N, 3, H, W) of depth maps (N, H, W) under a pinhole camera of field of view `fov` degrees (Unsup3d)."
+    n, h, w = depth.shape; f = (w - 1) / 2 / math.tan(math.radians(fov) / 2)
+    y, x = torch.meshgrid(torch.arange(h, dtype=depth.dtype), torch.arange(w, dtype=depth.dtype), indexing='ij')
+    P = torch.stack([(x - (w - 1) / 2) / f, (y - (h - 1) / 2) / f, torch.ones_like(x)], -1) * depth.unsqueeze(-1)
+    tu = P[:, 1:-1, 2:] - P[:, 1:-1, :-2]; tv = P[:, 2:, 1:-1] - P[:, :-2, 1:-1]
+    nrm = torch.zeros(n, h, w, 3, dtype=depth.dtype); nrm[..., 2] = 1
+    nrm[:, 1:-1, 1:-1] = torch.linalg.cross(tu, tv, dim=-1)
+    return F.normalize(nrm, dim=-1, eps=1e-20).permute(0, 3, 1, 2)
+
+def _depth_args(pred, gt, mask, erode_px):
+    pred, gt = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(gt, dtype=torch.float64)
+    if pred.ndim == 4: pred = pred[:, 0]
+    if gt.ndim == 4: gt = gt[:, 0]
+    if pred.shape != gt.shape or pred.ndim != 3: raise ValueError(f"depth maps must both be (N, H, W), got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    m = erode(torch.as_tensor(mask), erode_px)
+    if m.shape != gt.shape: raise ValueError(f"mask: expected shape {tuple(gt.shape)}, got {tuple(m.shape)}")
+    if (m.flatten(1).sum(1) == 0).any(): raise ValueError(f"mask: {int((m.flatten(1).sum(1) == 0).sum())} images have no valid pixel after eroding by {erode_px} px")
+    return pred, gt, m.double()
+
+def side(pred, gt, mask, erode_px=3) -> float:
+    "Scale-invariant depth error (Unsup3d) of depth maps (N, H, W) on the mask eroded by `erode_px`."
+    pred, gt, m = _depth_args(pred, gt, mask, erode_px)
+    if (pred[m > 0] <= 0).any() or (gt[m > 0] <= 0).any(): raise ValueError("depth must be positive on the mask (SIDE takes logs)")
+    d = (torch.log(pred.clamp(min=1e-12)) - torch.log(gt.clamp(min=1e-12))) * m; n = m.flatten(1).sum(1)
+    return float(((d ** 2).flatten(1).sum(1) / n - (d.flatten(1).sum(1) / n) ** 2).clamp(min=0).sqrt().mean())
+
+def mad(pred, gt, mask, erode_px=3, fov=10.) -> float:
+    "Mean angle deviation (degrees) between the normals of two depth maps (N, H, W) on the mask eroded by `erode_px`."
+    pred, gt, m = _depth_args(pred, gt, mask, erode_px)
+    cos = (normals_from_depth(pred, fov) * normals_from_depth(gt, fov)).sum(1).clamp(-1, 1)
+    ang = torch.rad2deg(torch.acos(cos)) * m
+    return float((ang.flatten(1).sum(1) / m.flatten(1).sum(1)).mean())
+
+# %% ../nbs/07_metrics.ipynb 46
+def labeled_accuracy(pred, y, names=None) -> dict:
+    "Per-factor accuracy of predicted integer factors (N, F) and their mean (`labeled_accuracy`)."
+    y = _factors(y, 'y', single_ok=True); pred = _factors(pred, 'pred', len(y), single_ok=True)
+    if pred.shape != y.shape: raise ValueError(f"pred: expected shape {y.shape}, got {pred.shape}")
+    names = names or [str(j) for j in range(y.shape[1])]
+    acc = (pred == y).mean(0)
+    return {**{f'accuracy_{n}': float(a) for n, a in zip(names, acc)}, 'labeled_accuracy': float(acc.mean())}
+
+def residual_leakage(r_train, y_train, r_test, y_test, names=None) -> dict:
+    "Test accuracy of a logistic regression predicting each labeled factor from residual codes, and its mean (`residual_leakage`)."
+    r_train = _codes(r_train, 'r_train'); y_train = _factors(y_train, 'y_train', len(r_train))
+    r_test = _codes(r_test, 'r_test'); y_test = _factors(y_test, 'y_test', len(r_test), single_ok=True)
+    names = names or [str(j) for j in range(y_train.shape[1])]; out = {}
+    for j, n in enumerate(names):
+        classes, proba = logistic_regression(r_train, y_train[:, j])
+        out[f'leakage_{n}'] = float(np.mean(classes[proba(r_test).argmax(1)] == y_test[:, j]))
+    out['residual_leakage'] = float(np.mean(list(out.values())))
+    return out
+
+# %% ../nbs/07_metrics.ipynb 49
+def psnr(x, y, data_range=2.0) -> float:
+    "Mean PSNR (dB) of image batches (N, C, H, W); data_range 2 for images in [-1, 1]."
+    if x.shape != y.shape: raise ValueError(f"images must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
+    return float((10 * torch.log10(data_range ** 2 / mse.clamp(min=1e-20))).mean())
+
+def _gauss(win=11, sigma=1.5, dtype=torch.float64):
+    g = torch.exp(-(torch.arange(win, dtype=dtype) - (win - 1) / 2) ** 2 / (2 * sigma ** 2)); return g / g.sum()
+
+def _ssim_parts(x, y, data_range, win=11, sigma=1.5, k1=0.01, k2=0.03):
+    C = x.shape[1]; g = _gauss(win, sigma)
+    def blur(t): return F.conv2d(F.conv2d(t, g.view(1, 1, 1, -1).expand(C, 1, 1, win), groups=C), g.view(1, 1, -1, 1).expand(C, 1, win, 1), groups=C)
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    cs = (2 * sxy + c2) / (sxx + syy + c2)
+    return ((2 * mx * my + c1) / (mx * mx + my * my + c1) * cs).flatten(1).mean(1), cs.flatten(1).mean(1)
+
+def ssim(x, y, data_range=2.0) -> float:
+    "Mean SSIM of image batches (N, C, H, W), Gaussian window 11 / 1.5, valid windows."
+    if x.shape != y.shape or x.ndim != 4: raise ValueError(f"images must both be (N, C, H, W), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if min(x.shape[-2:]) < 11: raise ValueError(f"images must be at least 11 px for SSIM, got {tuple(x.shape[-2:])}")
+    return float(_ssim_parts(x.double(), y.double(), data_range)[0].mean())
+
+MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+def ms_ssim(x, y, data_range=2.0) -> dict:
+    "MS-SSIM of image batches (N, C, H, W) over the scales that fit an 11 px window; returns `ms_ssim` and `scales`."
+    if x.shape != y.shape or x.ndim != 4: raise ValueError(f"images must both be (N, C, H, W), got {tuple(x.shape)} and {tuple(y.shape)}")
+    x, y = x.double(), y.double()
+    S = sum(1 for s in range(5) if min(x.shape[-2:]) // 2 ** s >= 11)
+    if S == 0: raise ValueError(f"images must be at least 11 px for MS-SSIM, got {tuple(x.shape[-2:])}")
+    w = torch.tensor(MS_WEIGHTS[:S], dtype=torch.float64); w = w / w.sum(); out = 1.
+    for s in range(S):
+        sim, cs = _ssim_parts(x, y, data_range)
+        out = out * (sim if s == S - 1 else cs).clamp(min=0) ** w[s]
+        if s < S - 1: x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+    return {'ms_ssim': float(out.mean()), 'scales': S}
+
+# %% ../nbs/07_metrics.ipynb 53
+def _psd_sqrt(S):
+    e, V = torch.linalg.eigh(S); return (V * e.clamp(min=0).sqrt()) @ V.T
+
+def frechet_distance(mu1, S1, mu2, S2) -> float:
+    "Fréchet distance between N(mu1, S1) and N(mu2, S2), float64."
+    mu1, S1, mu2, S2 = (torch.as_tensor(t, dtype=torch.float64) for t in (mu1, S1, mu2, S2))
+    r = _psd_sqrt(S1); M = r @ S2 @ r
+    tr_sqrt = torch.linalg.eigvalsh((M + M.T) / 2).clamp(min=0).sqrt().sum()
+    return float((mu1 - mu2).pow(2).sum() + S1.trace() + S2.trace() - 2 * tr_sqrt)
+
+def _feats(f, name):
+    f = torch.as_tensor(f, dtype=torch.float64)
+    if f.ndim != 2 or len(f) < 2: raise ValueError(f"{name}: features must have shape (N >= 2, D), got {tuple(f.shape)}")
+    if not torch.isfinite(f).all(): raise ValueError(f"{name}: {int((~torch.isfinite(f)).sum())} features are not finite")
+    return f
+
+def fid(feats1, feats2) -> float:
+    "FID between two feature sets (N, D)."
+    a, b = _feats(feats1, 'feats1'), _feats(feats2, 'feats2')
+    if a.shape[1] != b.shape[1]: raise ValueError(f"feats2: {b.shape[1]} features per sample, feats1 has {a.shape[1]}")
+    return frechet_distance(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T))
+
+def kid(feats1, feats2, n_subsets=100, subset_size=1000, seed=0) -> dict:
+    "KID (unbiased polynomial-kernel MMD^2) between feature sets (N, D): mean and std over random subsets."
+    a, b = _feats(feats1, 'feats1'), _feats(feats2, 'feats2'); d = a.shape[1]
+    m = min(len(a), len(b), subset_size); g = torch.Generator().manual_seed(seed); vals = []
+    for _ in range(n_subsets):
+        x, y = a[torch.randperm(len(a), generator=g)[:m]], b[torch.randperm(len(b), generator=g)[:m]]
+        kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+        vals.append(((kxx.sum() - kxx.diag().sum()) + (kyy.sum() - kyy.diag().sum())) / (m * (m - 1)) - 2 * kxy.mean())
+    v = torch.stack(vals)
+    return {'kid': float(v.mean()), 'kid_std': float(v.std())}
