@@ -5,13 +5,14 @@
 # %% ../nbs/07_metrics.ipynb 2
 from __future__ import annotations
 import dataclasses, math
+import numba
 import numpy as np
 import scipy.stats
 import torch
 import torch.nn.functional as F
 
 # %% auto 0
-__all__ = ['MS_WEIGHTS', 'histogram_discretize', 'discrete_mutual_info', 'discrete_entropy', 'mig', 'dci_from_importance',
+__all__ = ['MS_WEIGHTS', 'histogram_discretize', 'discrete_mutual_info', 'discrete_entropy', 'mig', 'dci_from_importance', 'GBT',
            'gbt_importance', 'dci', 'linear_svc_1d', 'sap_score_matrix', 'sap', 'modularity_from_mi',
            'logistic_regression', 'roc_auc_ovr', 'modularity_explicitness', 'beta_vae_score', 'factor_vae_votes',
            'factor_vae_score', 'cosine_similarity', 'identity_similarity', 'landmark_nme', 'edit_locality', 'erode',
@@ -93,26 +94,138 @@ def dci_from_importance(R) -> dict:
     return {'disentanglement': score(R), 'completeness': score(R.T)}
 
 # %% ../nbs/07_metrics.ipynb 19
-def gbt_importance(z_train, y_train, z_test, y_test, seed=0):
+@numba.njit(cache=True)
+def _grow_tree(order, X, r, max_depth, prio):
+    "One regression tree on residuals r with sklearn's friedman_mse best splitter, all nodes of a level in one pass per feature."
+    F, N = order.shape
+    n_nodes = 2 ** max_depth - 1
+    feat = np.full(n_nodes, -1, np.int64); thr = np.zeros(n_nodes); imp = np.zeros(F)
+    node = np.zeros(N, np.int64)                      # heap index within the current level
+    stopped = np.zeros(2 ** max_depth, np.bool_)      # nodes of the current level that are leaves
+    for d in range(max_depth):
+        J = 2 ** d
+        cnt = np.zeros(J); s = np.zeros(J); sq = np.zeros(J)
+        for i in range(N):
+            j = node[i]; cnt[j] += 1; s[j] += r[i]; sq[j] += r[i] * r[i]
+        can = np.zeros(J, np.bool_)
+        for j in range(J):
+            if not stopped[j] and cnt[j] >= 2 and sq[j] / cnt[j] - (s[j] / cnt[j]) ** 2 > 2.220446049250313e-16: can[j] = True
+        best = np.full(J, -np.inf); bprio = np.full(J, -1.0); bf = np.full(J, -1, np.int64); bt = np.zeros(J)
+        bsl = np.zeros(J); bnl = np.zeros(J)
+        for f in range(F):
+            sl = np.zeros(J); nl = np.zeros(J); last = np.full(J, np.nan)
+            for q in range(N):
+                i = order[f, q]; j = node[i]
+                if not can[j]: continue
+                x = X[i, f]
+                if nl[j] > 0 and x > last[j] + 1e-7:
+                    nr = cnt[j] - nl[j]; sr = s[j] - sl[j]
+                    diff = nr * sl[j] - nl[j] * sr
+                    proxy = diff * diff / (nl[j] * nr)
+                    if proxy > best[j] or (proxy == best[j] and prio[j, f] > bprio[j] and bf[j] != f):
+                        best[j] = proxy; bprio[j] = prio[j, f]; bf[j] = f; bsl[j] = sl[j]; bnl[j] = nl[j]
+                        t = last[j] / 2.0 + x / 2.0
+                        if t == x or math.isinf(t): t = last[j]
+                        bt[j] = np.float32(t)
+                sl[j] += r[i]; nl[j] += 1; last[j] = x
+        new_stopped = np.zeros(2 * J, np.bool_)
+        for j in range(J):
+            h = J - 1 + j
+            if can[j] and bf[j] >= 0:
+                feat[h] = bf[j]; thr[h] = bt[j]
+                nr = cnt[j] - bnl[j]; sr = s[j] - bsl[j]
+                imp[bf[j]] += (bsl[j] * bsl[j] / bnl[j] + sr * sr / nr - s[j] * s[j] / cnt[j]) / N
+            else:
+                new_stopped[2 * j] = True; new_stopped[2 * j + 1] = True
+        for i in range(N):
+            j = node[i]; h = J - 1 + j
+            go = 0
+            if feat[h] >= 0 and X[i, feat[h]] > thr[h]: go = 1
+            node[i] = 2 * j + go
+        stopped = new_stopped
+    return feat, thr, node, imp
+
+@numba.njit(cache=True)
+def _route(X, feat, thr, max_depth):
+    N = X.shape[0]; out = np.zeros(N, np.int64)
+    for i in range(N):
+        j = 0
+        for d in range(max_depth):
+            h = 2 ** d - 1 + j; go = 0
+            if feat[h] >= 0 and X[i, feat[h]] > thr[h]: go = 1
+            j = 2 * j + go
+        out[i] = j
+    return out
+
+class GBT:
+    "scikit-learn's GradientBoostingClassifier (log loss, friedman_mse, depth 3, 100 stages, lr 0.1) with presorted features."
+    def __init__(self, n_estimators=100, learning_rate=0.1, max_depth=3, random_state=0):
+        self.n_estimators, self.lr, self.max_depth, self.seed = n_estimators, learning_rate, max_depth, random_state
+    def fit(self, X, y):
+        X = np.ascontiguousarray(np.asarray(X, dtype=np.float32).astype(np.float64))
+        self.classes_, yi = np.unique(y, return_inverse=True); K = len(self.classes_); N, F = X.shape; self.K = K
+        Y = np.eye(K)[yi.reshape(-1)]; prior = Y.mean(0)
+        if K == 2:
+            raw = np.full((N, 1), math.log(prior[1] / (1 - prior[1]))); Yt = Y[:, 1:]
+        else:
+            lp = np.log(np.clip(prior, np.finfo(float).eps, None)); raw = np.tile(lp - lp.mean(), (N, 1)); Yt = Y
+        self.init_ = raw[0].copy()
+        order = np.ascontiguousarray(np.argsort(X, axis=0, kind='stable').T)
+        rng = np.random.default_rng(self.seed); T = Yt.shape[1]
+        self.trees, imps = [], []
+        for _ in range(self.n_estimators):
+            if K == 2: p = 1 / (1 + np.exp(-raw))
+            else:
+                e = np.exp(raw - raw.max(1, keepdims=True)); p = e / e.sum(1, keepdims=True)
+            stage = []
+            for k in range(T):
+                r = Yt[:, k] - p[:, k]
+                feat, thr, leaf, imp = _grow_tree(order, X, r, self.max_depth, rng.random((2 ** (self.max_depth - 1), F)))
+                L = 2 ** self.max_depth
+                num = np.bincount(leaf, r, L); den = np.bincount(leaf, p[:, k] * (1 - p[:, k]), L)
+                if K > 2: num = num * (K - 1) / K
+                val = np.where(np.abs(den) < 1e-150, 0., num / np.where(np.abs(den) < 1e-150, 1., den))
+                raw[:, k] += self.lr * val[leaf]
+                stage.append((feat, thr, val))
+                if (feat >= 0).any(): imps.append(imp)
+            self.trees.append(stage)
+        avg = np.mean(imps, 0) if imps else np.zeros(F)
+        self.feature_importances_ = avg / avg.sum() if avg.sum() > 0 else avg
+        return self
+    def decision_function(self, X):
+        X = np.ascontiguousarray(np.asarray(X, dtype=np.float32).astype(np.float64))
+        raw = np.tile(self.init_, (len(X), 1))
+        for stage in self.trees:
+            for k, (feat, thr, val) in enumerate(stage): raw[:, k] += self.lr * val[_route(X, feat, thr, self.max_depth)]
+        return raw
+    def predict(self, X):
+        raw = self.decision_function(X)
+        return self.classes_[(raw[:, 0] > 0).astype(int)] if self.K == 2 else self.classes_[raw.argmax(1)]
+
+# %% ../nbs/07_metrics.ipynb 23
+def gbt_importance(z_train, y_train, z_test, y_test, seed=0, model='presorted'):
     "Importance matrix (D, F) and mean train / test accuracy of one gradient-boosted tree classifier per factor."
-    from sklearn.ensemble import GradientBoostingClassifier
+    if model == 'sklearn':
+        from sklearn.ensemble import GradientBoostingClassifier as make
+    elif model == 'presorted': make = GBT
+    else: raise ValueError(f"model must be 'presorted' or 'sklearn', got {model!r}")
     R = np.zeros((z_train.shape[1], y_train.shape[1])); acc_train, acc_test = [], []
     for j in range(y_train.shape[1]):
-        model = GradientBoostingClassifier(random_state=seed).fit(z_train, y_train[:, j])
-        R[:, j] = np.abs(model.feature_importances_)
-        acc_train.append(np.mean(model.predict(z_train) == y_train[:, j])); acc_test.append(np.mean(model.predict(z_test) == y_test[:, j]))
+        clf = make(random_state=seed).fit(z_train, y_train[:, j])
+        R[:, j] = np.abs(clf.feature_importances_)
+        acc_train.append(np.mean(clf.predict(z_train) == y_train[:, j])); acc_test.append(np.mean(clf.predict(z_test) == y_test[:, j]))
     return R, float(np.mean(acc_train)), float(np.mean(acc_test))
 
-def dci(z_train, y_train, z_test, y_test, seed=0) -> dict:
-    "DCI of codes (N, D) for integer factors (N, F): disentanglement_lib's `_compute_dci` keys."
+def dci(z_train, y_train, z_test, y_test, seed=0, model='presorted') -> dict:
+    "DCI of codes (N, D) for integer factors (N, F): disentanglement_lib's `_compute_dci` keys (`model='sklearn'`: its classifier)."
     z_train = _codes(z_train, 'z_train'); y_train = _factors(y_train, 'y_train', len(z_train))
     z_test = _codes(z_test, 'z_test'); y_test = _factors(y_test, 'y_test', len(z_test), single_ok=True)
     if z_test.shape[1] != z_train.shape[1] or y_test.shape[1] != y_train.shape[1]:
         raise ValueError(f"z_test/y_test: shapes {z_test.shape}/{y_test.shape} do not match z_train/y_train {z_train.shape}/{y_train.shape}")
-    R, acc_train, acc_test = gbt_importance(z_train, y_train, z_test, y_test, seed)
+    R, acc_train, acc_test = gbt_importance(z_train, y_train, z_test, y_test, seed, model)
     return {'informativeness_train': acc_train, 'informativeness_test': acc_test, **dci_from_importance(R)}
 
-# %% ../nbs/07_metrics.ipynb 22
+# %% ../nbs/07_metrics.ipynb 26
 def _svm_1d(x, s, c, iters=50):
     "Minimise 0.5 (w^2 + b^2) + sum c max(0, 1 - s (w x + b))^2 for many problems at once: x (P,N), s, c (P,N) -> w, b (P,)."
     P = x.shape[0]; th = torch.zeros(P, 2, dtype=x.dtype)
@@ -153,7 +266,7 @@ def linear_svc_1d(x_train, y_train, x_test, C=0.01):
     scores = torch.from_numpy(x_test).unsqueeze(-1) * w + b                              # (N_test, D, K)
     return classes[scores.argmax(-1).numpy()]
 
-# %% ../nbs/07_metrics.ipynb 24
+# %% ../nbs/07_metrics.ipynb 28
 def sap_score_matrix(z_train, y_train, z_test, y_test, continuous_factors=False) -> np.ndarray:
     "S (D, F): test accuracy of a 1-D linear SVM per (code, factor), or the squared correlation for continuous factors."
     D, Fn = z_train.shape[1], y_train.shape[1]; S = np.zeros((D, Fn))
@@ -174,14 +287,14 @@ def sap(z_train, y_train, z_test, y_test, continuous_factors=False) -> dict:
     top = np.sort(sap_score_matrix(z_train, y_train, z_test, y_test, continuous_factors), axis=0)
     return {'SAP_score': float(np.mean(top[-1] - top[-2]))}
 
-# %% ../nbs/07_metrics.ipynb 27
+# %% ../nbs/07_metrics.ipynb 31
 def modularity_from_mi(m) -> float:
     sq = np.square(np.asarray(m, dtype=np.float64)); mx = sq.max(1)
     with np.errstate(divide='ignore', invalid='ignore'):
         score = 1. - (sq.sum(1) - mx) / (mx * (sq.shape[1] - 1.))
     return float(np.mean(np.where(mx == 0., 0., score)))
 
-# %% ../nbs/07_metrics.ipynb 30
+# %% ../nbs/07_metrics.ipynb 34
 def logistic_regression(x, y, C=1.0, max_iter=200):
     "Multinomial logistic regression minimising 0.5 |W|^2 + C sum_n CE(x_n W + b, y_n); returns (classes, predict_proba)."
     classes, yi = np.unique(y, return_inverse=True); K = len(classes)
@@ -208,7 +321,7 @@ def roc_auc_ovr(y, proba, classes) -> float:
         aucs.append((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
     return float(np.mean(aucs))
 
-# %% ../nbs/07_metrics.ipynb 32
+# %% ../nbs/07_metrics.ipynb 36
 def modularity_explicitness(z_train, y_train, z_test, y_test, num_bins=20) -> dict:
     "Modularity and explicitness of codes (N, D) for integer factors (N, F): disentanglement_lib's keys."
     z_train = _codes(z_train, 'z_train'); y_train = _factors(y_train, 'y_train', len(z_train))
@@ -223,7 +336,7 @@ def modularity_explicitness(z_train, y_train, z_test, y_test, num_bins=20) -> di
         tr.append(roc_auc_ovr(y_train[:, j], proba(xn_train), classes)); te.append(roc_auc_ovr(y_test[:, j], proba(xn_test), classes))
     return {'modularity_score': modularity_from_mi(m), 'explicitness_score_train': float(np.mean(tr)), 'explicitness_score_test': float(np.mean(te))}
 
-# %% ../nbs/07_metrics.ipynb 35
+# %% ../nbs/07_metrics.ipynb 39
 def beta_vae_score(x_train, k_train, x_eval, k_eval) -> dict:
     "BetaVAE score from features x (M, D) (mean |z1 - z2| of a batch pair) and the fixed factor k (M,) of each pair."
     x_train = _codes(x_train, 'x_train'); x_eval = _codes(x_eval, 'x_eval')
@@ -257,7 +370,7 @@ def factor_vae_score(z_train_groups, k_train, z_eval_groups, k_eval, global_vari
     return {'train_accuracy': float(tv[clf, cols].sum() / tv.sum()), 'eval_accuracy': float(ev[clf, cols].sum() / ev.sum()),
             'num_active_dims': int(active.sum())}
 
-# %% ../nbs/07_metrics.ipynb 39
+# %% ../nbs/07_metrics.ipynb 43
 def cosine_similarity(e1, e2) -> torch.Tensor:
     "Per-row cosine similarity of two embedding batches (N, E)."
     if e1.shape != e2.shape or e1.ndim != 2: raise ValueError(f"embeddings must both have shape (N, E), got {tuple(e1.shape)} and {tuple(e2.shape)}")
@@ -285,7 +398,7 @@ def edit_locality(before, after, mask) -> float:
     if not changed.any(): raise ValueError("after: no image differs from before; locality is undefined")
     return float((inside[changed] / total[changed]).mean())
 
-# %% ../nbs/07_metrics.ipynb 42
+# %% ../nbs/07_metrics.ipynb 46
 def erode(mask, px):
     "Binary erosion of masks (N, H, W) by `px` pixels (square neighbourhood)."
     if px <= 0: return mask.bool()
@@ -325,7 +438,7 @@ def mad(pred, gt, mask, erode_px=3, fov=10.) -> float:
     ang = torch.rad2deg(torch.acos(cos)) * m
     return float((ang.flatten(1).sum(1) / m.flatten(1).sum(1)).mean())
 
-# %% ../nbs/07_metrics.ipynb 46
+# %% ../nbs/07_metrics.ipynb 50
 def labeled_accuracy(pred, y, names=None) -> dict:
     "Per-factor accuracy of predicted integer factors (N, F) and their mean (`labeled_accuracy`)."
     y = _factors(y, 'y', single_ok=True); pred = _factors(pred, 'pred', len(y), single_ok=True)
@@ -345,7 +458,7 @@ def residual_leakage(r_train, y_train, r_test, y_test, names=None) -> dict:
     out['residual_leakage'] = float(np.mean(list(out.values())))
     return out
 
-# %% ../nbs/07_metrics.ipynb 49
+# %% ../nbs/07_metrics.ipynb 53
 def psnr(x, y, data_range=2.0) -> float:
     "Mean PSNR (dB) of image batches (N, C, H, W); data_range 2 for images in [-1, 1]."
     if x.shape != y.shape: raise ValueError(f"images must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -385,7 +498,7 @@ def ms_ssim(x, y, data_range=2.0) -> dict:
         if s < S - 1: x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
     return {'ms_ssim': float(out.mean()), 'scales': S}
 
-# %% ../nbs/07_metrics.ipynb 53
+# %% ../nbs/07_metrics.ipynb 57
 def _psd_sqrt(S):
     e, V = torch.linalg.eigh(S); return (V * e.clamp(min=0).sqrt()) @ V.T
 
