@@ -12,12 +12,14 @@ import torch
 import torch.nn.functional as F
 
 # %% auto 0
-__all__ = ['MS_WEIGHTS', 'histogram_discretize', 'discrete_mutual_info', 'discrete_entropy', 'mig', 'dci_from_importance', 'GBT',
-           'gbt_importance', 'dci', 'linear_svc_1d', 'sap_score_matrix', 'sap', 'modularity_from_mi',
-           'logistic_regression', 'roc_auc_ovr', 'modularity_explicitness', 'beta_vae_score', 'factor_vae_votes',
-           'factor_vae_score', 'cosine_similarity', 'identity_similarity', 'landmark_nme', 'edit_locality', 'erode',
-           'normals_from_depth', 'side', 'mad', 'labeled_accuracy', 'residual_leakage', 'psnr', 'ssim', 'ms_ssim',
-           'frechet_distance', 'fid', 'kid']
+__all__ = ['MS_WEIGHTS', 'DEFAULTS', 'histogram_discretize', 'discrete_mutual_info', 'discrete_entropy', 'mig',
+           'dci_from_importance', 'GBT', 'gbt_importance', 'dci', 'linear_svc_1d', 'sap_score_matrix', 'sap',
+           'modularity_from_mi', 'logistic_regression', 'roc_auc_ovr', 'modularity_explicitness', 'beta_vae_score',
+           'factor_vae_votes', 'factor_vae_score', 'cosine_similarity', 'identity_similarity', 'landmark_nme',
+           'edit_locality', 'erode', 'normals_from_depth', 'side', 'mad', 'labeled_accuracy', 'residual_leakage',
+           'psnr', 'ssim', 'ms_ssim', 'frechet_distance', 'fid', 'kid', 'encode_all', 'sample_codes', 'compute_dci',
+           'compute_mig', 'compute_sap', 'compute_modularity_explicitness', 'compute_beta_vae', 'compute_factor_vae',
+           'compute_all']
 
 # %% ../nbs/07_metrics.ipynb 5
 def _codes(z, name='z', n=None) -> np.ndarray:
@@ -531,3 +533,78 @@ def kid(feats1, feats2, n_subsets=100, subset_size=1000, seed=0) -> dict:
         vals.append(((kxx.sum() - kxx.diag().sum()) + (kyy.sum() - kyy.diag().sum())) / (m * (m - 1)) - 2 * kxy.mean())
     v = torch.stack(vals)
     return {'kid': float(v.mean()), 'kid_std': float(v.std())}
+
+# %% ../nbs/07_metrics.ipynb 60
+DEFAULTS = dict(dci=dict(num_train=10000, num_test=5000), mig=dict(num_train=10000), sap=dict(num_train=10000, num_test=5000),
+                modularity_explicitness=dict(num_train=10000, num_test=5000),
+                beta_vae=dict(batch_size=64, num_train=10000, num_eval=5000),
+                factor_vae=dict(batch_size=64, num_train=10000, num_eval=5000, num_variance_estimate=10000))
+
+def encode_all(data, encode, factors, chunk=1024) -> np.ndarray:
+    "Codes (N, D) of the observations of `factors` (N, F), `chunk` images at a time, without gradients."
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(factors), chunk):
+            z = encode(data.observations(factors[i:i + chunk]))
+            out.append(z.detach().cpu().double().numpy() if isinstance(z, torch.Tensor) else np.asarray(z, dtype=np.float64))
+    z = np.concatenate(out)
+    if z.ndim != 2 or len(z) != len(factors): raise ValueError(f"encode: expected codes of shape ({len(factors)}, D), got {z.shape}")
+    return z
+
+def sample_codes(data, encode, n, rng, chunk=1024):
+    "n factor vectors from `data` and their codes: (z (n, D), y (n, F))."
+    y = data.sample_factors(n, rng); return encode_all(data, encode, y, chunk), y
+
+def compute_dci(data, encode, seed=0, num_train=10000, num_test=5000, chunk=1024, model='presorted') -> dict:
+    rng = np.random.default_rng(seed)
+    (zt, yt), (ze, ye) = sample_codes(data, encode, num_train, rng, chunk), sample_codes(data, encode, num_test, rng, chunk)
+    return dci(zt, yt, ze, ye, seed, model)
+
+def compute_mig(data, encode, seed=0, num_train=10000, chunk=1024) -> dict:
+    return mig(*sample_codes(data, encode, num_train, np.random.default_rng(seed), chunk))
+
+def compute_sap(data, encode, seed=0, num_train=10000, num_test=5000, chunk=1024, continuous_factors=False) -> dict:
+    rng = np.random.default_rng(seed)
+    (zt, yt), (ze, ye) = sample_codes(data, encode, num_train, rng, chunk), sample_codes(data, encode, num_test, rng, chunk)
+    return sap(zt, yt, ze, ye, continuous_factors)
+
+def compute_modularity_explicitness(data, encode, seed=0, num_train=10000, num_test=5000, chunk=1024) -> dict:
+    rng = np.random.default_rng(seed)
+    (zt, yt), (ze, ye) = sample_codes(data, encode, num_train, rng, chunk), sample_codes(data, encode, num_test, rng, chunk)
+    return modularity_explicitness(zt, yt, ze, ye)
+
+def _beta_vae_points(data, encode, M, L, rng, chunk):
+    k = rng.integers(0, data.num_factors, M)
+    f1 = data.sample_factors(M * L, rng).reshape(M, L, -1); f2 = data.sample_factors(M * L, rng).reshape(M, L, -1)
+    f2[np.arange(M), :, k] = f1[np.arange(M), :, k]
+    z1 = encode_all(data, encode, f1.reshape(M * L, -1), chunk).reshape(M, L, -1)
+    z2 = encode_all(data, encode, f2.reshape(M * L, -1), chunk).reshape(M, L, -1)
+    return np.abs(z1 - z2).mean(1), k
+
+def compute_beta_vae(data, encode, seed=0, batch_size=64, num_train=10000, num_eval=5000, chunk=1024) -> dict:
+    rng = np.random.default_rng(seed)
+    xt, kt = _beta_vae_points(data, encode, num_train, batch_size, rng, chunk)
+    xe, ke = _beta_vae_points(data, encode, num_eval, batch_size, rng, chunk)
+    return beta_vae_score(xt, kt, xe, ke)
+
+def _factor_vae_groups(data, encode, M, L, rng, chunk):
+    k = rng.integers(0, data.num_factors, M)
+    f = data.sample_factors(M * L, rng).reshape(M, L, -1)
+    f[np.arange(M), :, k] = f[np.arange(M), :1, k]
+    return encode_all(data, encode, f.reshape(M * L, -1), chunk).reshape(M, L, -1), k
+
+def compute_factor_vae(data, encode, seed=0, batch_size=64, num_train=10000, num_eval=5000, num_variance_estimate=10000, chunk=1024) -> dict:
+    rng = np.random.default_rng(seed)
+    gv = sample_codes(data, encode, num_variance_estimate, rng, chunk)[0].var(0, ddof=1)
+    zt, kt = _factor_vae_groups(data, encode, num_train, batch_size, rng, chunk)
+    ze, ke = _factor_vae_groups(data, encode, num_eval, batch_size, rng, chunk)
+    return factor_vae_score(zt, kt, ze, ke, gv, data.num_factors)
+
+def compute_all(data, encode, seed=0, scale=1.0, chunk=1024) -> dict:
+    "Every disentanglement_lib score at its default sample sizes times `scale`, as one flat dict `metric.key`."
+    out = {}
+    for name, fn in (('dci', compute_dci), ('mig', compute_mig), ('sap', compute_sap), ('modularity_explicitness', compute_modularity_explicitness),
+                     ('beta_vae', compute_beta_vae), ('factor_vae', compute_factor_vae)):
+        kw = {k: (v if k == 'batch_size' else max(2, int(v * scale))) for k, v in DEFAULTS[name].items()}
+        for k, v in fn(data, encode, seed=seed, chunk=chunk, **kw).items(): out[f'{name}.{k}'] = v
+    return out
