@@ -297,20 +297,21 @@ def modularity_from_mi(m) -> float:
     return float(np.mean(np.where(mx == 0., 0., score)))
 
 # %% ../nbs/07_metrics.ipynb 34
-def logistic_regression(x, y, C=1.0, max_iter=200):
-    "Multinomial logistic regression minimising 0.5 |W|^2 + C sum_n CE(x_n W + b, y_n); returns (classes, predict_proba)."
+def logistic_regression(x, y, C=1.0, max_iter=1000):
+    "Multinomial logistic regression minimising 0.5 |W|^2 / C + sum_n CE(x_n W + b, y_n); returns (classes, predict_proba)."
+    import scipy.optimize
     classes, yi = np.unique(y, return_inverse=True); K = len(classes)
     if K < 2: raise ValueError(f"y: a single class ({classes[0]}), nothing to classify")
-    X = torch.from_numpy(np.asarray(x, dtype=np.float64)); t = torch.from_numpy(yi.reshape(-1))
-    W = torch.zeros(X.shape[1], K, dtype=torch.float64, requires_grad=True); b = torch.zeros(K, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-14, history_size=20, line_search_fn='strong_wolfe')
-    def closure():
-        opt.zero_grad()
-        loss = 0.5 * (W * W).sum() / C + F.cross_entropy(X @ W + b, t, reduction='sum')
-        loss.backward(); return loss
-    opt.step(closure)
-    W, b = W.detach(), b.detach()
-    def predict_proba(xn): return torch.softmax(torch.from_numpy(np.asarray(xn, dtype=np.float64)) @ W + b, -1).numpy()
+    X = np.asarray(x, dtype=np.float64); N, D = X.shape; Y = np.eye(K)[yi.reshape(-1)]
+    def f(w):
+        W, b = w[:D * K].reshape(D, K), w[D * K:]
+        Z = X @ W + b; Z = Z - Z.max(1, keepdims=True); lse = np.log(np.exp(Z).sum(1, keepdims=True))
+        G = np.exp(Z - lse) - Y
+        return 0.5 * (W * W).sum() / C - (Y * (Z - lse)).sum(), np.concatenate([(X.T @ G + W / C).ravel(), G.sum(0)])
+    w = scipy.optimize.minimize(f, np.zeros(D * K + K), jac=True, method='L-BFGS-B', options=dict(maxiter=max_iter, gtol=1e-8, ftol=1e-14)).x
+    W, b = w[:D * K].reshape(D, K), w[D * K:]
+    def predict_proba(xn):
+        Z = np.asarray(xn, dtype=np.float64) @ W + b; Z = np.exp(Z - Z.max(1, keepdims=True)); return Z / Z.sum(1, keepdims=True)
     return classes, predict_proba
 
 def roc_auc_ovr(y, proba, classes) -> float:
