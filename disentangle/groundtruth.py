@@ -178,13 +178,11 @@ def shapes3d_render(floor_hue, wall_hue, object_hue, scale, shape, orientation, 
     # the object: size `scale`, resting on the floor
     s = sc.view(B, 1, 1); half = 0.5 * s
     oc = o - torch.stack([torch.zeros_like(s), -1 + half, torch.zeros_like(s)], -1)
-    tb, nb = _ray_box(oc, d, half.unsqueeze(-1))
-    tc, nc = _ray_cylinder(oc, d, half, half)
-    tsp, nsp = _ray_capsule(oc, d, half, torch.zeros_like(half))
-    tca, nca = _ray_capsule(oc, d, 0.5 * half, 0.5 * half)
-    k = sh.view(B, 1, 1)
-    t_obj = torch.where(k == 0, tb, torch.where(k == 1, tc, torch.where(k == 2, tsp, tca)))
-    n_obj = torch.where((k == 0).unsqueeze(-1), nb, torch.where((k == 1).unsqueeze(-1), nc, torch.where((k == 2).unsqueeze(-1), nsp, nca)))
+    t_obj, n_obj = torch.empty(d.shape[:-1], dtype=d.dtype), torch.empty(d.shape, dtype=d.dtype)
+    for k, cast in enumerate((lambda o_, d_, h_: _ray_box(o_, d_, h_.unsqueeze(-1)), lambda o_, d_, h_: _ray_cylinder(o_, d_, h_, h_),
+                              lambda o_, d_, h_: _ray_capsule(o_, d_, h_, torch.zeros_like(h_)), lambda o_, d_, h_: _ray_capsule(o_, d_, 0.5 * h_, 0.5 * h_))):
+        i = (sh == k).nonzero()[:, 0]   # cast only against each image's own shape
+        if len(i): t_obj[i], n_obj[i] = cast(oc[i], d[i], half[i])
     light = F.normalize(torch.tensor([-0.4, 0.8, -0.6], dtype=d.dtype), dim=0)
     lam = lambda n: 0.45 + 0.55 * (n * light).sum(-1).clamp(min=0)
     col = torch.zeros(d.shape, dtype=d.dtype)
