@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_metrics.ipynb 2
 from __future__ import annotations
-import dataclasses, math
+import dataclasses, math, warnings
 import numba
 import numpy as np
 import scipy.stats
@@ -13,13 +13,12 @@ import torch.nn.functional as F
 
 # %% auto 0
 __all__ = ['MS_WEIGHTS', 'DEFAULTS', 'histogram_discretize', 'discrete_mutual_info', 'discrete_entropy', 'mig',
-           'dci_from_importance', 'GBT', 'gbt_importance', 'dci', 'linear_svc_1d', 'sap_score_matrix', 'sap',
-           'modularity_from_mi', 'logistic_regression', 'roc_auc_ovr', 'modularity_explicitness', 'beta_vae_score',
-           'factor_vae_votes', 'factor_vae_score', 'cosine_similarity', 'identity_similarity', 'landmark_nme',
-           'edit_locality', 'erode', 'normals_from_depth', 'side', 'mad', 'labeled_accuracy', 'residual_leakage',
-           'psnr', 'ssim', 'ms_ssim', 'frechet_distance', 'fid', 'kid', 'encode_all', 'sample_codes', 'compute_dci',
-           'compute_mig', 'compute_sap', 'compute_modularity_explicitness', 'compute_beta_vae', 'compute_factor_vae',
-           'compute_all']
+           'dci_from_importance', 'GBT', 'gbt_importance', 'dci', 'sap_score_matrix', 'sap', 'modularity_from_mi',
+           'logistic_regression', 'roc_auc_ovr', 'modularity_explicitness', 'beta_vae_score', 'factor_vae_votes',
+           'factor_vae_score', 'cosine_similarity', 'identity_similarity', 'landmark_nme', 'edit_locality', 'erode',
+           'normals_from_depth', 'side', 'mad', 'labeled_accuracy', 'residual_leakage', 'psnr', 'ssim', 'ms_ssim',
+           'frechet_distance', 'fid', 'kid', 'encode_all', 'sample_codes', 'compute_dci', 'compute_mig', 'compute_sap',
+           'compute_modularity_explicitness', 'compute_beta_vae', 'compute_factor_vae', 'compute_all']
 
 # %% ../nbs/07_metrics.ipynb 5
 def _codes(z, name='z', n=None) -> np.ndarray:
@@ -228,49 +227,9 @@ def dci(z_train, y_train, z_test, y_test, seed=0, model='presorted') -> dict:
     return {'informativeness_train': acc_train, 'informativeness_test': acc_test, **dci_from_importance(R)}
 
 # %% ../nbs/07_metrics.ipynb 26
-def _svm_1d(x, s, c, iters=50):
-    "Minimise 0.5 (w^2 + b^2) + sum c max(0, 1 - s (w x + b))^2 for many problems at once: x (P,N), s, c (P,N) -> w, b (P,)."
-    P = x.shape[0]; th = torch.zeros(P, 2, dtype=x.dtype)
-    phi = torch.stack([x, torch.ones_like(x)], -1)                   # (P, N, 2)
-    def f(th):
-        r = (1 - s * (phi @ th.unsqueeze(-1)).squeeze(-1)).clamp(min=0)
-        return 0.5 * (th * th).sum(-1) + (c * r * r).sum(-1), r
-    val, r = f(th)
-    for _ in range(iters):
-        act = (r > 0).to(x.dtype) * c
-        g = th - 2 * ((act * r * s).unsqueeze(-1) * phi).sum(1)
-        H = torch.eye(2, dtype=x.dtype) + 2 * torch.einsum('pn,pni,pnj->pij', act, phi, phi)
-        step = torch.linalg.solve(H, g.unsqueeze(-1)).squeeze(-1)
-        t = torch.ones(P, 1, dtype=x.dtype)
-        for _ in range(20):   # backtracking: accept the largest step that does not increase the objective
-            new, r_new = f(th - t * step)
-            ok = new <= val + 1e-12
-            if ok.all(): break
-            t = torch.where(ok.unsqueeze(-1), t, t / 2)
-        th = th - t * step; val, r = f(th)
-        if g.abs().max() < 1e-9: break
-    return th[:, 0], th[:, 1]
-
-def linear_svc_1d(x_train, y_train, x_test, C=0.01):
-    "Predictions of LinearSVC(C, class_weight='balanced') fit on each column of x_train (N, D) for integer labels y_train (N,)."
-    classes, yi = np.unique(y_train, return_inverse=True); K = len(classes); N, D = x_train.shape
-    if K < 2: raise ValueError(f"y_train: a single class ({classes[0]}), nothing to separate")
-    weight = N / (K * np.bincount(yi))
-    xt = torch.from_numpy(np.ascontiguousarray(x_train.T))          # (D, N)
-    if K == 2:
-        s = torch.from_numpy(np.where(yi == 1, 1., -1.)).expand(D, N)
-        w, b = _svm_1d(xt, s, torch.from_numpy(C * weight[yi]).expand(D, N))
-        return classes[(torch.from_numpy(x_test) * w + b > 0).long().numpy()]
-    s = torch.from_numpy(np.where(yi[None] == np.arange(K)[:, None], 1., -1.))           # (K, N)
-    c = torch.from_numpy(np.where(yi[None] == np.arange(K)[:, None], C * weight[:, None], C))
-    w, b = _svm_1d(xt.repeat_interleave(K, 0), s.repeat(D, 1), c.repeat(D, 1))
-    w, b = w.view(D, K), b.view(D, K)
-    scores = torch.from_numpy(x_test).unsqueeze(-1) * w + b                              # (N_test, D, K)
-    return classes[scores.argmax(-1).numpy()]
-
-# %% ../nbs/07_metrics.ipynb 28
 def sap_score_matrix(z_train, y_train, z_test, y_test, continuous_factors=False) -> np.ndarray:
     "S (D, F): test accuracy of a 1-D linear SVM per (code, factor), or the squared correlation for continuous factors."
+    from sklearn.svm import LinearSVC
     D, Fn = z_train.shape[1], y_train.shape[1]; S = np.zeros((D, Fn))
     for j in range(Fn):
         if continuous_factors:
@@ -278,7 +237,9 @@ def sap_score_matrix(z_train, y_train, z_test, y_test, continuous_factors=False)
                 cov = np.cov(z_train[:, i], y_train[:, j], ddof=1)
                 S[i, j] = cov[0, 1] ** 2 / (cov[0, 0] * cov[1, 1]) if cov[0, 0] > 1e-12 else 0.
         else:
-            S[:, j] = (linear_svc_1d(z_train, y_train[:, j], z_test) == y_test[:, j:j + 1]).mean(0)
+            for i in range(D):
+                clf = LinearSVC(C=0.01, class_weight='balanced').fit(z_train[:, i:i + 1], y_train[:, j])
+                S[i, j] = np.mean(clf.predict(z_test[:, i:i + 1]) == y_test[:, j])
     return S
 
 def sap(z_train, y_train, z_test, y_test, continuous_factors=False) -> dict:
@@ -286,45 +247,42 @@ def sap(z_train, y_train, z_test, y_test, continuous_factors=False) -> dict:
     z_train = _codes(z_train, 'z_train'); y_train = _factors(y_train, 'y_train', len(z_train))
     z_test = _codes(z_test, 'z_test'); y_test = _factors(y_test, 'y_test', len(z_test), single_ok=True)
     if z_train.shape[1] < 2: raise ValueError(f"z_train: SAP needs at least 2 code dimensions, got {z_train.shape[1]}")
-    top = np.sort(sap_score_matrix(z_train, y_train, z_test, y_test, continuous_factors), axis=0)
+    with warnings.catch_warnings():   # liblinear often stops at its iteration cap on one-dimensional inputs, as in disentanglement_lib
+        warnings.simplefilter('ignore', category=UserWarning)
+        top = np.sort(sap_score_matrix(z_train, y_train, z_test, y_test, continuous_factors), axis=0)
     return {'SAP_score': float(np.mean(top[-1] - top[-2]))}
 
-# %% ../nbs/07_metrics.ipynb 31
+# %% ../nbs/07_metrics.ipynb 29
 def modularity_from_mi(m) -> float:
     sq = np.square(np.asarray(m, dtype=np.float64)); mx = sq.max(1)
     with np.errstate(divide='ignore', invalid='ignore'):
         score = 1. - (sq.sum(1) - mx) / (mx * (sq.shape[1] - 1.))
     return float(np.mean(np.where(mx == 0., 0., score)))
 
-# %% ../nbs/07_metrics.ipynb 34
-def logistic_regression(x, y, C=1.0, max_iter=1000):
-    "Multinomial logistic regression minimising 0.5 |W|^2 / C + sum_n CE(x_n W + b, y_n); returns (classes, predict_proba)."
-    import scipy.optimize
-    classes, yi = np.unique(y, return_inverse=True); K = len(classes)
-    if K < 2: raise ValueError(f"y: a single class ({classes[0]}), nothing to classify")
-    X = np.asarray(x, dtype=np.float64); N, D = X.shape; Y = np.eye(K)[yi.reshape(-1)]
-    def f(w):
-        W, b = w[:D * K].reshape(D, K), w[D * K:]
-        Z = X @ W + b; Z = Z - Z.max(1, keepdims=True); lse = np.log(np.exp(Z).sum(1, keepdims=True))
-        G = np.exp(Z - lse) - Y
-        return 0.5 * (W * W).sum() / C - (Y * (Z - lse)).sum(), np.concatenate([(X.T @ G + W / C).ravel(), G.sum(0)])
-    w = scipy.optimize.minimize(f, np.zeros(D * K + K), jac=True, method='L-BFGS-B', options=dict(maxiter=max_iter, gtol=1e-8, ftol=1e-14)).x
-    W, b = w[:D * K].reshape(D, K), w[D * K:]
-    def predict_proba(xn):
-        Z = np.asarray(xn, dtype=np.float64) @ W + b; Z = np.exp(Z - Z.max(1, keepdims=True)); return Z / Z.sum(1, keepdims=True)
-    return classes, predict_proba
+# %% ../nbs/07_metrics.ipynb 32
+def logistic_regression(x, y, seed=0):
+    "scikit-learn's default LogisticRegression fit on (x, y); returns (classes, predict_proba)."
+    from sklearn.linear_model import LogisticRegression
+    classes = np.unique(y)
+    if len(classes) < 2: raise ValueError(f"y: a single class ({classes[0]}), nothing to classify")
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', category=UserWarning)   # lbfgs at its 100-iteration default, as disentanglement_lib
+        clf = LogisticRegression(random_state=seed).fit(x, y)
+    return clf.classes_, clf.predict_proba
 
 def roc_auc_ovr(y, proba, classes) -> float:
-    "Macro one-vs-rest ROC AUC (ties count half), as roc_auc_score on a MultiLabelBinarizer's indicator matrix."
+    "Macro one-vs-rest ROC AUC (ties count half) over the classes present in y, as roc_auc_score on a MultiLabelBinarizer's indicator matrix."
     aucs = []
     for k, c in enumerate(classes):
         pos = y == c; n1 = pos.sum(); n0 = len(y) - n1
-        if n1 == 0 or n0 == 0: raise ValueError(f"y: class {c} is {'absent' if n1 == 0 else 'the only one'}; ROC AUC is undefined")
+        if n1 == 0: continue   # a class absent from this split has no column in the binarized labels
+        if n0 == 0: raise ValueError(f"y: every sample is class {c}; ROC AUC is undefined")
         ranks = scipy.stats.rankdata(proba[:, k])
         aucs.append((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    if not aucs: raise ValueError(f"y: none of the classes {list(classes)} occurs")
     return float(np.mean(aucs))
 
-# %% ../nbs/07_metrics.ipynb 36
+# %% ../nbs/07_metrics.ipynb 34
 def modularity_explicitness(z_train, y_train, z_test, y_test, num_bins=20) -> dict:
     "Modularity and explicitness of codes (N, D) for integer factors (N, F): disentanglement_lib's keys."
     z_train = _codes(z_train, 'z_train'); y_train = _factors(y_train, 'y_train', len(z_train))
@@ -339,7 +297,7 @@ def modularity_explicitness(z_train, y_train, z_test, y_test, num_bins=20) -> di
         tr.append(roc_auc_ovr(y_train[:, j], proba(xn_train), classes)); te.append(roc_auc_ovr(y_test[:, j], proba(xn_test), classes))
     return {'modularity_score': modularity_from_mi(m), 'explicitness_score_train': float(np.mean(tr)), 'explicitness_score_test': float(np.mean(te))}
 
-# %% ../nbs/07_metrics.ipynb 39
+# %% ../nbs/07_metrics.ipynb 37
 def beta_vae_score(x_train, k_train, x_eval, k_eval) -> dict:
     "BetaVAE score from features x (M, D) (mean |z1 - z2| of a batch pair) and the fixed factor k (M,) of each pair."
     x_train = _codes(x_train, 'x_train'); x_eval = _codes(x_eval, 'x_eval')
@@ -373,7 +331,7 @@ def factor_vae_score(z_train_groups, k_train, z_eval_groups, k_eval, global_vari
     return {'train_accuracy': float(tv[clf, cols].sum() / tv.sum()), 'eval_accuracy': float(ev[clf, cols].sum() / ev.sum()),
             'num_active_dims': int(active.sum())}
 
-# %% ../nbs/07_metrics.ipynb 43
+# %% ../nbs/07_metrics.ipynb 41
 def cosine_similarity(e1, e2) -> torch.Tensor:
     "Per-row cosine similarity of two embedding batches (N, E)."
     if e1.shape != e2.shape or e1.ndim != 2: raise ValueError(f"embeddings must both have shape (N, E), got {tuple(e1.shape)} and {tuple(e2.shape)}")
@@ -401,7 +359,7 @@ def edit_locality(before, after, mask) -> float:
     if not changed.any(): raise ValueError("after: no image differs from before; locality is undefined")
     return float((inside[changed] / total[changed]).mean())
 
-# %% ../nbs/07_metrics.ipynb 46
+# %% ../nbs/07_metrics.ipynb 44
 def erode(mask, px):
     "Binary erosion of masks (N, H, W) by `px` pixels (square neighbourhood)."
     if px <= 0: return mask.bool()
@@ -441,7 +399,7 @@ def mad(pred, gt, mask, erode_px=3, fov=10.) -> float:
     ang = torch.rad2deg(torch.acos(cos)) * m
     return float((ang.flatten(1).sum(1) / m.flatten(1).sum(1)).mean())
 
-# %% ../nbs/07_metrics.ipynb 50
+# %% ../nbs/07_metrics.ipynb 48
 def labeled_accuracy(pred, y, names=None) -> dict:
     "Per-factor accuracy of predicted integer factors (N, F) and their mean (`labeled_accuracy`)."
     y = _factors(y, 'y', single_ok=True); pred = _factors(pred, 'pred', len(y), single_ok=True)
@@ -461,7 +419,7 @@ def residual_leakage(r_train, y_train, r_test, y_test, names=None) -> dict:
     out['residual_leakage'] = float(np.mean(list(out.values())))
     return out
 
-# %% ../nbs/07_metrics.ipynb 53
+# %% ../nbs/07_metrics.ipynb 51
 def psnr(x, y, data_range=2.0) -> float:
     "Mean PSNR (dB) of image batches (N, C, H, W); data_range 2 for images in [-1, 1]."
     if x.shape != y.shape: raise ValueError(f"images must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -501,7 +459,7 @@ def ms_ssim(x, y, data_range=2.0) -> dict:
         if s < S - 1: x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
     return {'ms_ssim': float(out.mean()), 'scales': S}
 
-# %% ../nbs/07_metrics.ipynb 57
+# %% ../nbs/07_metrics.ipynb 55
 def _psd_sqrt(S):
     e, V = torch.linalg.eigh(S); return (V * e.clamp(min=0).sqrt()) @ V.T
 
@@ -535,7 +493,7 @@ def kid(feats1, feats2, n_subsets=100, subset_size=1000, seed=0) -> dict:
     v = torch.stack(vals)
     return {'kid': float(v.mean()), 'kid_std': float(v.std())}
 
-# %% ../nbs/07_metrics.ipynb 60
+# %% ../nbs/07_metrics.ipynb 58
 DEFAULTS = dict(dci=dict(num_train=10000, num_test=5000), mig=dict(num_train=10000), sap=dict(num_train=10000, num_test=5000),
                 modularity_explicitness=dict(num_train=10000, num_test=5000),
                 beta_vae=dict(batch_size=64, num_train=10000, num_eval=5000),
@@ -601,11 +559,11 @@ def compute_factor_vae(data, encode, seed=0, batch_size=64, num_train=10000, num
     ze, ke = _factor_vae_groups(data, encode, num_eval, batch_size, rng, chunk)
     return factor_vae_score(zt, kt, ze, ke, gv, data.num_factors)
 
-def compute_all(data, encode, seed=0, scale=1.0, chunk=1024) -> dict:
-    "Every disentanglement_lib score at its default sample sizes times `scale`, as one flat dict `metric.key`."
+def compute_all(data, encode, seed=0, scale=1.0, batch_size=None, chunk=1024) -> dict:
+    "Every disentanglement_lib score at its default sample sizes times `scale` (and BetaVAE/FactorVAE batches of `batch_size`), as one flat dict `metric.key`."
     out = {}
     for name, fn in (('dci', compute_dci), ('mig', compute_mig), ('sap', compute_sap), ('modularity_explicitness', compute_modularity_explicitness),
                      ('beta_vae', compute_beta_vae), ('factor_vae', compute_factor_vae)):
-        kw = {k: (v if k == 'batch_size' else max(2, int(v * scale))) for k, v in DEFAULTS[name].items()}
+        kw = {k: ((batch_size or v) if k == 'batch_size' else max(2, int(v * scale))) for k, v in DEFAULTS[name].items()}
         for k, v in fn(data, encode, seed=seed, chunk=chunk, **kw).items(): out[f'{name}.{k}'] = v
     return out
