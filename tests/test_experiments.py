@@ -1,0 +1,39 @@
+"The shipped experiments run end to end through `run_experiment` with tiny parameters."
+from __future__ import annotations
+import json
+from pathlib import Path
+
+import pytest
+
+from disentangle.cli import run_experiment
+from disentangle.core import load_tensors
+
+REPO = Path(__file__).resolve().parent.parent
+EXPS = REPO / "nbs" / "experiments"
+
+
+def test_baselines_tiny(tmp_path):
+    run = run_experiment("baselines", dict(steps=6, pool=96, metric_scale=0.002, metric_batch=8), out=tmp_path, experiments=EXPS)
+    m = json.loads((run / "metrics.json").read_text())
+    for d in ("dsprites", "shapes3d", "synthfaces"):
+        for model in ("ae", "beta_vae", "beta_tcvae"):
+            for k in ("dci.disentanglement", "dci.completeness", "dci.informativeness_test", "mig.discrete_mig", "sap.SAP_score",
+                      "modularity_explicitness.modularity_score", "modularity_explicitness.explicitness_score_test",
+                      "beta_vae.eval_accuracy", "factor_vae.eval_accuracy"):
+                v = m[f"{d}.{model}.{k}"]
+                assert v is not None and -1e-9 <= v <= 1 + 1e-9, (d, model, k, v)
+            assert (run / f"traversals-{d}-{model}.png").read_bytes()[:4] == b"\x89PNG"
+            tensors, meta = load_tensors(run / f"{d}-{model}.safetensors")
+            assert meta["config"]["model"] == model and any(k.startswith("encoder.") for k in tensors)
+    assert m["dsprites.beta_vae.mig_in_literature_range"] in (0.0, 1.0)
+    assert "Locatello" in (run / "report.html").read_text()
+
+
+def test_reproduce_tiny(tmp_path):
+    run = run_experiment("reproduce", dict(size=32, n_grid=8, n_steps=3, n_frames=4, baseline_steps=4, baseline_metric_scale=0.002),
+                         out=tmp_path, experiments=EXPS)
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["eye_landmark_in_mask"] >= 0.5 and m["recomposition_mae"] < 1 / 255
+    for model in ("ae", "beta_vae", "beta_tcvae"):
+        assert 0 <= m[f"synthfaces.{model}.mig.discrete_mig"] <= 1
+    assert {p.name for p in run.glob("*.png")} >= {"faces.png", "traversals.png", "masks.png", "photogeometry.png", "sequence.png"}
