@@ -146,6 +146,16 @@ def _grow_tree(order, X, r, max_depth, prio):
         stopped = new_stopped
     return feat, thr, node, imp
 
+@numba.njit(cache=True, parallel=True)
+def _grow_stage(order, X, R, max_depth, prio):
+    "The trees of one boosting stage (one per class, independent given the stage's probabilities), in parallel."
+    T, N = R.shape; F = X.shape[1]; n_nodes = 2 ** max_depth - 1
+    feats = np.empty((T, n_nodes), np.int64); thrs = np.empty((T, n_nodes)); leaves = np.empty((T, N), np.int64); imps = np.empty((T, F))
+    for t in numba.prange(T):
+        f, th, lf, im = _grow_tree(order, X, R[t], max_depth, prio[t])
+        feats[t] = f; thrs[t] = th; leaves[t] = lf; imps[t] = im
+    return feats, thrs, leaves, imps
+
 @numba.njit(cache=True)
 def _route(X, feat, thr, max_depth):
     N = X.shape[0]; out = np.zeros(N, np.int64)
@@ -179,9 +189,10 @@ class GBT:
             else:
                 e = np.exp(raw - raw.max(1, keepdims=True)); p = e / e.sum(1, keepdims=True)
             stage = []
+            R = np.ascontiguousarray((Yt - p[:, :T]).T)
+            feats, thrs, leaves, imps_t = _grow_stage(order, X, R, self.max_depth, rng.random((T, 2 ** (self.max_depth - 1), F)))
             for k in range(T):
-                r = Yt[:, k] - p[:, k]
-                feat, thr, leaf, imp = _grow_tree(order, X, r, self.max_depth, rng.random((2 ** (self.max_depth - 1), F)))
+                r, feat, thr, leaf, imp = R[k], feats[k], thrs[k], leaves[k], imps_t[k]
                 L = 2 ** self.max_depth
                 num = np.bincount(leaf, r, L); den = np.bincount(leaf, p[:, k] * (1 - p[:, k]), L)
                 if K > 2: num = num * (K - 1) / K
