@@ -222,6 +222,8 @@ class Engine:
     # -- the loop
     def fit(self):
         cfg, m = self.cfg, self.method
+        if self.rank == 0:
+            for tmp in self.out.glob('.ckpt-*.tmp'): tmp.unlink()   # left by a crash during a save; the named checkpoints are whole
         if cfg.resume and self.checkpoints(): self.load(self.checkpoints()[-1])
         else: torch.manual_seed(cfg.seed + self.rank); np.random.seed(cfg.seed + self.rank); random.seed(cfg.seed + self.rank)
         for mod in m.modules.values(): mod.train()
