@@ -125,7 +125,7 @@ def ref_factor_vae(train_groups, k_train, eval_groups, k_eval, global_variances,
 # ---------------------------------------------------------------- the run
 def main():
     ap = argparse.ArgumentParser(); ap.add_argument('--scale', type=float, default=1.0); a = ap.parse_args()
-    torch.set_num_threads(1); warnings.simplefilter('ignore')
+    warnings.simplefilter('ignore')   # both sides use the machine's cores as their libraries do (scikit-learn's trees: one)
     data, rng = Bench(), np.random.default_rng(0); n = lambda k: int(k * a.scale)
     zt, yt = M.sample_codes(data, encode, n(10000), rng); ze, ye = M.sample_codes(data, encode, n(5000), rng)
     bt = M._beta_vae_points(data, encode, n(10000), 64, rng, 4096); be = M._beta_vae_points(data, encode, n(5000), 64, rng, 4096)

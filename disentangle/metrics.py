@@ -170,9 +170,15 @@ def _route(X, feat, thr, max_depth):
 
 class GBT:
     "scikit-learn's GradientBoostingClassifier (log loss, friedman_mse, depth 3, 100 stages, lr 0.1) with presorted features."
-    def __init__(self, n_estimators=100, learning_rate=0.1, max_depth=3, random_state=0):
+    def __init__(self, n_estimators=100, learning_rate=0.1, max_depth=3, random_state=0, n_threads=None):
         self.n_estimators, self.lr, self.max_depth, self.seed = n_estimators, learning_rate, max_depth, random_state
+        self.n_threads = n_threads   # None: as many as torch uses (torch.get_num_threads()), so OMP_NUM_THREADS=1 holds here too
     def fit(self, X, y):
+        before = numba.get_num_threads()
+        numba.set_num_threads(max(1, min(self.n_threads or torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        try: return self._fit(X, y)
+        finally: numba.set_num_threads(before)
+    def _fit(self, X, y):
         X = np.ascontiguousarray(np.asarray(X, dtype=np.float32).astype(np.float64))
         self.classes_, yi = np.unique(y, return_inverse=True); K = len(self.classes_); N, F = X.shape; self.K = K
         Y = np.eye(K)[yi.reshape(-1)]; prior = Y.mean(0)
