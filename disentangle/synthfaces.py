@@ -189,7 +189,7 @@ class P:  # named per-image parameters (B,1,1) derived from the factor matrix
         self.mouth_w = 0.13 + 0.08 * f.mouth_width
         self.brow_y = -0.25 - 0.06 * f.brow_raise; self.brow_t = 0.03 + 0.02 * f.brow_thickness
         self.brow_arch_ = 0.01 + 0.04 * f.brow_arch
-        self.hair_a = 0.66 + 0.10 * f.hair_volume; self.hair_b = 0.80 + 0.10 * f.hair_volume
+        self.hair_a = 0.66 + 0.10 * f.hair_volume; self.hair_b = 0.74 + 0.08 * f.hair_volume
         self.hair_len = -0.15 + 0.95 * f.hair_length; self.hairline_ = -0.66 + 0.24 * f.hairline
 
 # %% ../nbs/01_synthfaces.ipynb 23
@@ -502,7 +502,7 @@ def render_sequence(n_frames=32, identity=0, size=64, seed=0, **fixed):
 
 # %% ../nbs/01_synthfaces.ipynb 60
 CACHE_KEYS = ('image', 'mask', 'landmarks', 'factors', 'identity')
-RENDER_VERSION = 1
+RENDER_VERSION = 2
 
 # %% ../nbs/01_synthfaces.ipynb 61
 class SynthFaces(torch.utils.data.Dataset):
