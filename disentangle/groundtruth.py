@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_groundtruth.ipynb 2
 from __future__ import annotations
-import math
+import math, os
 from pathlib import Path
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from . import synthfaces as sf
 # %% auto 0
 __all__ = ['DSPRITES_FILE', 'DSPRITES_NAMES', 'DSPRITES_SIZES', 'DSPRITES_VALUES', 'SHAPES3D_FILE', 'SHAPES3D_NAMES',
            'SHAPES3D_SIZES', 'SHAPES3D_VALUES', 'GroundTruth', 'dsprites_render', 'DSprites', 'shapes3d_render',
-           'Shapes3D', 'SynthFacesGrid']
+           'Shapes3D', 'SynthFacesGrid', 'CachedGrid']
 
 # %% ../nbs/02_groundtruth.ipynb 4
 class GroundTruth:
@@ -241,3 +241,28 @@ class SynthFacesGrid(GroundTruth):
         return full.float()
     def observations(self, factors):
         return (sf.render_factors(self.values(factors), self.size)['image'] + 1) / 2
+
+# %% ../nbs/02_groundtruth.ipynb 25
+class CachedGrid(GroundTruth):
+    "`data`'s whole grid rendered once into `cache_dir` (uint8 .npy, memory-mapped); observations are then lookups."
+    def __init__(self, data, cache_dir, chunk=2048, max_images=5_000_000, progress=True):
+        from tqdm.auto import tqdm
+        self.data, self.name, self.factor_names, self.factor_sizes = data, data.name, data.factor_names, data.factor_sizes
+        n = len(data)
+        if n > max_images: raise ValueError(f"{data.name}: the grid has {n:,} images, more than max_images={max_images:,}; sample it instead")
+        slug = ''.join(ch if ch.isalnum() else '_' for ch in data.name.lower())
+        path = Path(cache_dir) / f"{slug}-{'x'.join(map(str, data.factor_sizes))}-v{getattr(data, 'render_version', 1)}.npy"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shape = tuple(data.observations(data.factors_at([0])).shape[1:])
+            tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+            mm = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(n,) + shape)
+            for i in tqdm(range(0, n, chunk), desc=f"rendering {data.name}", disable=not progress, mininterval=5):
+                mm[i:i + chunk] = (data.observations(data.factors_at(np.arange(i, min(i + chunk, n)))) * 255).round().byte().numpy()
+            mm.flush(); del mm
+            os.replace(tmp, path)
+        self.path, self.images = path, np.load(path, mmap_mode='r')
+    def observations(self, factors):
+        idx = self.index(factors); order = np.argsort(idx)
+        out = np.empty((len(idx),) + self.images.shape[1:], np.uint8); out[order] = self.images[idx[order]]
+        return torch.from_numpy(out).float() / 255
