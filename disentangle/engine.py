@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_engine.ipynb 2
 from __future__ import annotations
-import dataclasses, json, math, os, random, time
+import abc, dataclasses, json, math, os, random, time
 from pathlib import Path
 from typing import Callable
 import numpy as np
@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.distributed as dist
 from tqdm.auto import tqdm
-from .core import get_device
+from .core import get_device, atomic_write
 
 # %% auto 0
 __all__ = ['dist_env', 'init_distributed', 'ShardedBatches', 'rng_state', 'set_rng_state', 'atomic_save', 'load_checkpoint',
@@ -71,16 +71,8 @@ def set_rng_state(s: dict):
     if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
 def atomic_save(obj, path):
-    "torch.save to a temporary file beside `path`, fsync, rename over `path`, fsync the folder."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    with open(tmp, 'wb') as f:
-        torch.save(obj, f); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
-    return path
+    "torch.save `obj` through `core.atomic_write` (temporary file, fsync, rename, folder fsync)."
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 def load_checkpoint(path) -> dict:
     "Read a checkpoint without executing code (weights_only); errors name the file."
@@ -122,14 +114,16 @@ class EngineConfig:
     progress: bool = True
     resume: bool = True               # continue from the newest checkpoint in out_dir
 
-class Method:
-    "What a method gives the engine. Subclass and set `modules`, `optimizers`; override `train_step`."
+class Method(abc.ABC):
+    "What a method gives the engine. Subclass, set `modules` and `optimizers`, and define `train_step`."
     modules: dict = {}                # name -> nn.Module
     optimizers: dict = {}             # name -> torch.optim.Optimizer
     schedulers: dict = {}             # name -> LR scheduler, stepped with its optimizer (same name)
     ema: tuple = ()                   # names of modules that get an EMA copy
     manual: bool = False              # the method calls engine.backward / engine.step itself
-    def train_step(self, batch, engine) -> dict: raise NotImplementedError
+    @abc.abstractmethod
+    def train_step(self, batch, engine) -> dict:
+        "Losses of one (micro-)batch; in automatic mode `losses['loss']` is back-propagated."
     def evaluate(self, engine) -> dict: return {}
 
 def _to(batch, device, channels_last):

@@ -4,12 +4,13 @@
 
 # %% ../nbs/02_groundtruth.ipynb 2
 from __future__ import annotations
-import math, os
+import abc, math, os
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
 from . import synthfaces as sf
+from .core import atomic_write
 
 # %% auto 0
 __all__ = ['DSPRITES_FILE', 'DSPRITES_NAMES', 'DSPRITES_SIZES', 'DSPRITES_VALUES', 'SHAPES3D_FILE', 'SHAPES3D_NAMES',
@@ -17,7 +18,7 @@ __all__ = ['DSPRITES_FILE', 'DSPRITES_NAMES', 'DSPRITES_SIZES', 'DSPRITES_VALUES
            'Shapes3D', 'SynthFacesGrid', 'CachedGrid']
 
 # %% ../nbs/02_groundtruth.ipynb 4
-class GroundTruth:
+class GroundTruth(abc.ABC):
     "A data set that is a complete grid of discrete factors: the interface the disentanglement scores sample from."
     name = 'ground truth'
     factor_names: tuple = ()
@@ -42,12 +43,28 @@ class GroundTruth:
         return np.ravel_multi_index(tuple(self.check_factors(factors).T), self.factor_sizes)
     def factors_at(self, index) -> np.ndarray:
         return np.stack(np.unravel_index(np.asarray(index), self.factor_sizes), -1).astype(np.int64)
-    def observations(self, factors) -> torch.Tensor: raise NotImplementedError
+    @abc.abstractmethod
+    def observations(self, factors) -> torch.Tensor:
+        "Images (N, C, H, W) in [0, 1] of factor classes (N, F)."
     def sample(self, n, rng):
         "Factors and their observations."
         f = self.sample_factors(n, rng); return f, self.observations(f)
 
 # %% ../nbs/02_groundtruth.ipynb 6
+def _check_official(path, store, what, official, shapes):
+    "Raise, naming the file and key, unless `store` has every key of `shapes` with that shape."
+    keys = list(store.files if hasattr(store, 'files') else store.keys())
+    for k in shapes:
+        if k not in keys: raise KeyError(f"{path}: no {what} {k!r} ({what}s: {keys}); is this the official {official}?")
+    for k, shape in shapes.items():
+        if store[k].shape != shape: raise ValueError(f"{path}: {k!r} has shape {store[k].shape}, expected {shape}")
+
+def _gather_sorted(array, idx) -> np.ndarray:
+    "array[idx] read in increasing index order."
+    order = np.argsort(idx); out = np.empty((len(idx),) + array.shape[1:], array.dtype)
+    out[order] = array[idx[order]]; return out
+
+# %% ../nbs/02_groundtruth.ipynb 8
 DSPRITES_FILE = 'dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz'
 DSPRITES_NAMES = ('shape', 'scale', 'orientation', 'posX', 'posY')
 DSPRITES_SIZES = (3, 6, 40, 32, 32)
@@ -76,7 +93,7 @@ def dsprites_render(shape, scale, orientation, pos_x, pos_y, size=64):
     sd = torch.where(shape == 1, sq, torch.where(shape == 2, el, he))
     return (sd <= 0).to(torch.float32).unsqueeze(1)
 
-# %% ../nbs/02_groundtruth.ipynb 7
+# %% ../nbs/02_groundtruth.ipynb 9
 class DSprites(GroundTruth):
     "dSprites on its official grid: procedural (`path=None`) or the official .npz file (images, classes checked)."
     name = 'dSprites'; factor_names = DSPRITES_NAMES; factor_sizes = DSPRITES_SIZES
@@ -86,12 +103,9 @@ class DSprites(GroundTruth):
         path = Path(path)
         if not path.exists(): raise FileNotFoundError(f"dSprites: no file at {path} (expected the official {DSPRITES_FILE})")
         z = np.load(path, allow_pickle=False)   # never unpickle `metadata`: the grid is known
-        for k in ('imgs', 'latents_classes'):
-            if k not in z.files: raise KeyError(f"{path}: no key {k!r} (keys: {z.files}); is this the official {DSPRITES_FILE}?")
+        n = len(self)
+        _check_official(path, z, 'key', DSPRITES_FILE, {'imgs': (n, 64, 64), 'latents_classes': (n, 6)})
         imgs, cls = z['imgs'], z['latents_classes']
-        n = int(np.prod(self.factor_sizes))
-        if imgs.shape != (n, 64, 64): raise ValueError(f"{path}: 'imgs' has shape {imgs.shape}, expected ({n}, 64, 64)")
-        if cls.shape != (n, 6): raise ValueError(f"{path}: 'latents_classes' has shape {cls.shape}, expected ({n}, 6)")
         want = self.factors_at(np.arange(n))
         if not np.array_equal(cls[:, 1:], want): raise ValueError(f"{path}: 'latents_classes' rows are not the official grid in C order")
         self.imgs = imgs
@@ -101,16 +115,15 @@ class DSprites(GroundTruth):
         v = [vals[f[:, j]] for j, vals in enumerate(DSPRITES_VALUES)]
         return dsprites_render(*v)
 
-# %% ../nbs/02_groundtruth.ipynb 15
+# %% ../nbs/02_groundtruth.ipynb 17
 SHAPES3D_FILE = '3dshapes.h5'
 SHAPES3D_NAMES = ('floor_hue', 'wall_hue', 'object_hue', 'scale', 'shape', 'orientation')
 SHAPES3D_SIZES = (10, 10, 10, 8, 4, 15)
 SHAPES3D_VALUES = (np.linspace(0, 0.9, 10), np.linspace(0, 0.9, 10), np.linspace(0, 0.9, 10), np.linspace(0.75, 1.25, 8),
                    np.arange(4.), np.linspace(-30, 30, 15))
 
-def _hue(h):   # hue in [0, 1) -> saturated rgb (B, 3)
-    k = torch.stack([(5 + h * 6) % 6, (3 + h * 6) % 6, (1 + h * 6) % 6], -1)
-    return 1 - torch.minimum(k, 4 - k).clamp(0, 1) * 0.85
+def _hue(h):   # hue in [0, 1) -> saturated rgb (B, 3): SynthFaces' hsv ramp at saturation 0.85, value 1
+    return sf._hsv(h, torch.full_like(h, 0.85), torch.ones_like(h))
 
 def _ray_box(o, d, half):   # slab test against an axis-aligned box centred at 0; returns t (inf = miss) and normal
     inv = 1 / torch.where(d.abs() < 1e-9, torch.full_like(d, 1e-9), d)
@@ -193,7 +206,7 @@ def shapes3d_render(floor_hue, wall_hue, object_hue, scale, shape, orientation, 
         col = torch.where((tt == nearest).unsqueeze(-1) & torch.isfinite(tt).unsqueeze(-1), rgb.view(B, 1, 1, 3) * shade.unsqueeze(-1), col)
     return col.permute(0, 3, 1, 2).clamp(0, 1).float()
 
-# %% ../nbs/02_groundtruth.ipynb 16
+# %% ../nbs/02_groundtruth.ipynb 18
 class Shapes3D(GroundTruth):
     "3D Shapes on its official grid: procedural (`path=None`) or the official `3dshapes.h5` (images, labels checked)."
     name = '3D Shapes'; factor_names = SHAPES3D_NAMES; factor_sizes = SHAPES3D_SIZES
@@ -203,12 +216,8 @@ class Shapes3D(GroundTruth):
         import h5py
         path = Path(path)
         if not path.exists(): raise FileNotFoundError(f"3D Shapes: no file at {path} (expected the official {SHAPES3D_FILE})")
-        h = h5py.File(path, 'r')
-        for k in ('images', 'labels'):
-            if k not in h: raise KeyError(f"{path}: no dataset {k!r} (datasets: {list(h.keys())}); is this the official {SHAPES3D_FILE}?")
-        n = int(np.prod(self.factor_sizes))
-        if h['images'].shape != (n, 64, 64, 3): raise ValueError(f"{path}: 'images' has shape {h['images'].shape}, expected ({n}, 64, 64, 3)")
-        if h['labels'].shape != (n, 6): raise ValueError(f"{path}: 'labels' has shape {h['labels'].shape}, expected ({n}, 6)")
+        h = h5py.File(path, 'r'); n = len(self)
+        _check_official(path, h, 'dataset', SHAPES3D_FILE, {'images': (n, 64, 64, 3), 'labels': (n, 6)})
         labels = h['labels'][:]
         want = np.stack([SHAPES3D_VALUES[j][f] for j, f in enumerate(self.factors_at(np.arange(n)).T)], 1)
         if not np.allclose(labels, want, atol=1e-6): raise ValueError(f"{path}: 'labels' rows are not the official grid in C order")
@@ -216,13 +225,11 @@ class Shapes3D(GroundTruth):
     def observations(self, factors):
         f = self.check_factors(factors)
         if self.images is not None:
-            idx = self.index(f); order = np.argsort(idx)      # h5py reads increasing indices
-            out = np.empty((len(idx), 64, 64, 3), np.uint8); out[order] = self.images[idx[order]]
-            return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255
+            return torch.from_numpy(_gather_sorted(self.images, self.index(f))).permute(0, 3, 1, 2).float() / 255
         v = [vals[f[:, j]] for j, vals in enumerate(SHAPES3D_VALUES)]
         return shapes3d_render(*v)
 
-# %% ../nbs/02_groundtruth.ipynb 22
+# %% ../nbs/02_groundtruth.ipynb 24
 class SynthFacesGrid(GroundTruth):
     "SynthFaces with each factor on 10 bin centres (glasses on 0/1); `factors` picks the ones that vary."
     name = 'SynthFaces'
@@ -242,7 +249,7 @@ class SynthFacesGrid(GroundTruth):
     def observations(self, factors):
         return (sf.render_factors(self.values(factors), self.size)['image'] + 1) / 2
 
-# %% ../nbs/02_groundtruth.ipynb 25
+# %% ../nbs/02_groundtruth.ipynb 27
 class CachedGrid(GroundTruth):
     "`data`'s whole grid rendered once into `cache_dir` (uint8 .npy, memory-mapped); observations are then lookups."
     def __init__(self, data, cache_dir, chunk=2048, max_images=5_000_000, progress=True):
@@ -253,16 +260,13 @@ class CachedGrid(GroundTruth):
         slug = ''.join(ch if ch.isalnum() else '_' for ch in data.name.lower())
         path = Path(cache_dir) / f"{slug}-{'x'.join(map(str, data.factor_sizes))}-v{getattr(data, 'render_version', 1)}.npy"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
             shape = tuple(data.observations(data.factors_at([0])).shape[1:])
-            tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-            mm = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(n,) + shape)
-            for i in tqdm(range(0, n, chunk), desc=f"rendering {data.name}", disable=not progress, mininterval=5):
-                mm[i:i + chunk] = (data.observations(data.factors_at(np.arange(i, min(i + chunk, n)))) * 255).round().byte().numpy()
-            mm.flush(); del mm
-            os.replace(tmp, path)
+            def render(tmp):
+                mm = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(n,) + shape)
+                for i in tqdm(range(0, n, chunk), desc=f"rendering {data.name}", disable=not progress, mininterval=5):
+                    mm[i:i + chunk] = (data.observations(data.factors_at(np.arange(i, min(i + chunk, n)))) * 255).round().byte().numpy()
+                mm.flush(); del mm
+            atomic_write(path, render)
         self.path, self.images = path, np.load(path, mmap_mode='r')
     def observations(self, factors):
-        idx = self.index(factors); order = np.argsort(idx)
-        out = np.empty((len(idx),) + self.images.shape[1:], np.uint8); out[order] = self.images[idx[order]]
-        return torch.from_numpy(out).float() / 255
+        return torch.from_numpy(_gather_sorted(self.images, self.index(factors))).float() / 255
