@@ -112,7 +112,8 @@ class ModulatedConv2d(nn.Module):
         if self.upsample: x = self.blur(F.conv_transpose2d(x, w.transpose(0, 1).to(x.dtype), stride=2))
         else: x = F.conv2d(x, w.to(x.dtype), padding=self.padding)
         if self.demodulate:
-            d = (s.float().square() @ w.float().square().sum((2, 3)).t() + 1e-8).rsqrt()   # (B, out_ch)
+            dt = torch.promote_types(x.dtype, torch.float32)                  # at least fp32 under autocast
+            d = (s.to(dt).square() @ w.to(dt).square().sum((2, 3)).t() + 1e-8).rsqrt()   # (B, out_ch)
             x = x * d.to(x.dtype).view(B, -1, 1, 1)
         return x
 
@@ -140,7 +141,7 @@ class StyledConv(nn.Module):
         self.clamp = clamp
     def forward(self, x, style, noise=None):
         x = self.activate(self.noise(self.conv(x, style), noise))
-        return x if self.clamp is None else x.clamp(-self.clamp * math.sqrt(2), self.clamp * math.sqrt(2))
+        return x if self.clamp is None else x.clamp(-self.clamp, self.clamp)      # after the gain, as NVIDIA's bias_act
 
 class ToRGB(nn.Module):
     def __init__(self, in_ch, style_dim, upsample=True, blur_kernel=(1, 3, 3, 1), clamp=None):
@@ -264,7 +265,7 @@ class Generator(nn.Module):
 
 # %% ../nbs/06_stylegan2.ipynb 25
 class ConvLayer(nn.Sequential):
-    def __init__(self, in_ch, out_ch, kernel_size, downsample=False, blur_kernel=(1, 3, 3, 1), bias=True, activate=True):
+    def __init__(self, in_ch, out_ch, kernel_size, downsample=False, blur_kernel=(1, 3, 3, 1), bias=True, activate=True, clamp=None):
         layers = []
         if downsample:
             p = (len(blur_kernel) - 2) + (kernel_size - 1)
@@ -272,13 +273,14 @@ class ConvLayer(nn.Sequential):
         layers.append(EqualConv2d(in_ch, out_ch, kernel_size, padding=0 if downsample else kernel_size // 2,
                                   stride=2 if downsample else 1, bias=bias and not activate))
         if activate: layers.append(FusedLeakyReLU(out_ch, bias=bias))
+        if activate and clamp is not None: layers.append(nn.Hardtanh(-clamp, clamp))   # no parameters: names unchanged
         super().__init__(*layers)
 
 class ResBlock(nn.Module):
-    def __init__(self, in_ch, out_ch, blur_kernel=(1, 3, 3, 1)):
+    def __init__(self, in_ch, out_ch, blur_kernel=(1, 3, 3, 1), clamp=None):
         super().__init__()
-        self.conv1 = ConvLayer(in_ch, in_ch, 3)
-        self.conv2 = ConvLayer(in_ch, out_ch, 3, downsample=True, blur_kernel=blur_kernel)
+        self.conv1 = ConvLayer(in_ch, in_ch, 3, clamp=clamp)
+        self.conv2 = ConvLayer(in_ch, out_ch, 3, downsample=True, blur_kernel=blur_kernel, clamp=clamp)
         self.skip = ConvLayer(in_ch, out_ch, 1, downsample=True, blur_kernel=blur_kernel, activate=False, bias=False)
     def forward(self, x): return (self.conv2(self.conv1(x)) + self.skip(x)) / math.sqrt(2)
 
@@ -286,7 +288,7 @@ def minibatch_stddev(x, group_size=4, n_feat=1):
     "Append the mean standard deviation over groups of images as `n_feat` extra channels; (B, C, H, W) -> (B, C+n_feat, H, W)."
     B, C, H, W = x.shape
     g = max(d for d in range(1, min(group_size, B) + 1) if B % d == 0)    # a group size that divides the batch
-    y = x.float().view(g, -1, n_feat, C // n_feat, H, W)
+    y = x.to(torch.promote_types(x.dtype, torch.float32)).view(g, -1, n_feat, C // n_feat, H, W)
     y = (y.var(0, unbiased=False) + 1e-8).sqrt().mean((2, 3, 4)).view(-1, n_feat, 1, 1)
     return torch.cat([x, y.to(x.dtype).repeat(g, 1, H, W)], 1)
 
@@ -294,10 +296,11 @@ class Discriminator(nn.Module):
     def __init__(self, cfg: StyleGAN2Config, stddev_group=4):
         super().__init__()
         self.cfg, self.stddev_group = cfg, stddev_group; c = cfg.channels
-        convs = [ConvLayer(3, c(cfg.size), 1)]
-        for lg in range(cfg.log_size, 2, -1): convs.append(ResBlock(c(2 ** lg), c(2 ** (lg - 1)), cfg.blur_kernel))
+        cl = cfg.conv_clamp
+        convs = [ConvLayer(3, c(cfg.size), 1, clamp=cl)]
+        for lg in range(cfg.log_size, 2, -1): convs.append(ResBlock(c(2 ** lg), c(2 ** (lg - 1)), cfg.blur_kernel, clamp=cl))
         self.convs = nn.Sequential(*convs)
-        self.final_conv = ConvLayer(c(4) + 1, c(4), 3)
+        self.final_conv = ConvLayer(c(4) + 1, c(4), 3, clamp=cl)
         self.final_linear = nn.Sequential(EqualLinear(c(4) * 16, c(4), activation=True), EqualLinear(c(4), 1))
 
     def forward(self, x):                                               # (B, 3, size, size) -> (B, 1) logits
@@ -621,15 +624,16 @@ def _from_nvidia(ck, where, which='G_ema'):
     G = _from_nvidia_state(nv, cfg, _nvidia_names_G, Generator, f"{where} ({which!r})")
     D = None
     if 'D' in ck:
-        D = _from_nvidia_state(_module_tensors(ck['D']), cfg, _nvidia_names_D, Discriminator, f"{where} ('D')")
+        d_cfg = dataclasses.replace(cfg, conv_clamp=_conv_clamp(ck['D'], ('b4', 'conv')))
+        D = _from_nvidia_state(_module_tensors(ck['D']), d_cfg, _nvidia_names_D, Discriminator, f"{where} ('D')")
     return G, D
 
-def _conv_clamp(rec):
-    "conv_clamp of a NVIDIA synthesis network (the layers store it as an attribute), None when unclamped."
-    syn = (_record_state(rec).get('_modules') or {}).get('synthesis')
-    b4 = (_record_state(syn).get('_modules') or {}).get('b4') if syn is not None else None
-    conv1 = (_record_state(b4).get('_modules') or {}).get('conv1') if b4 is not None else None
-    return _record_state(conv1).get('conv_clamp') if conv1 is not None else None
+def _conv_clamp(rec, path=('synthesis', 'b4', 'conv1')):
+    "conv_clamp of a NVIDIA network, read from the layer at `path` (layers store it as an attribute); None when unclamped."
+    for name in path:
+        rec = (_record_state(rec).get('_modules') or {}).get(name)
+        if rec is None: return None
+    return _record_state(rec).get('conv_clamp')
 
 # %% ../nbs/06_stylegan2.ipynb 49
 def _read(path, which):
@@ -698,7 +702,10 @@ def write_nvidia_layout(G: Generator, path, D: Discriminator | None = None):
     snap = {'G': records(tree, 'training.networks.Generator'), 'G_ema': records(tree, 'training.networks.Generator'),
             'augment_pipe': None, 'training_set_kwargs': {'resolution': cfg.size}}
     if D is not None:
-        snap['D'] = records(_nvidia_record_tree(_nvidia_d_flat(D)), 'training.networks.Discriminator')
+        dtree = _nvidia_record_tree(_nvidia_d_flat(D))
+        for blk in dtree['_modules'].values():
+            for layer in blk['_modules'].values(): layer['conv_clamp'] = D.cfg.conv_clamp
+        snap['D'] = records(dtree, 'training.networks.Discriminator')
     sys.modules['torch_utils'], sys.modules['torch_utils.persistence'] = types.ModuleType('torch_utils'), persistence
     try:
         with open(path, 'wb') as f: pickle.dump(snap, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -716,6 +723,7 @@ def _nvidia_d_flat(D):
     cfg, own = D.cfg, D.state_dict()
     d = {n: own[o].detach().clone() for n, o in _nvidia_names_D(cfg).items()}
     k = make_kernel(cfg.blur_kernel)
+    d[f'b{cfg.size}.fromrgb.resample_filter'] = k.clone(); d['b4.conv.resample_filter'] = k.clone()
     for lg in range(cfg.log_size, 2, -1):
-        for part in ('conv1', 'skip'): d[f'b{2 ** lg}.{part}.resample_filter'] = k.clone()
+        for part in ('', 'conv0.', 'conv1.', 'skip.'): d[f'b{2 ** lg}.{part}resample_filter'] = k.clone()
     return d
