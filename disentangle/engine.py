@@ -126,6 +126,12 @@ class Method(abc.ABC):
         "Losses of one (micro-)batch; in automatic mode `losses['loss']` is back-propagated."
     def evaluate(self, engine) -> dict: return {}
 
+def _channels_last(m: nn.Module):
+    "NHWC layout for the 4-D parameters and buffers of `m` (others, e.g. StyleGAN2's 5-D modulated weights, stay as they are)."
+    for t in list(m.parameters()) + list(m.buffers()):
+        if t.ndim == 4: t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return m
+
 def _to(batch, device, channels_last):
     if isinstance(batch, torch.Tensor):
         batch = batch.to(device, non_blocking=True)
@@ -146,7 +152,7 @@ class Engine:
         self.out = Path(cfg.out_dir); self.global_step = 0; self._micro = 0
         for name, m in method.modules.items():
             m.to(self.device)
-            if self.channels_last: m.to(memory_format=torch.channels_last)
+            if self.channels_last: _channels_last(m)
         self.ema = {n: [p.detach().clone() for p in method.modules[n].parameters()] for n in method.ema}
         self.wrapped = {}
         for name, m in method.modules.items():   # what train_step calls: DDP-wrapped and/or compiled

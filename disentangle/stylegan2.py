@@ -240,7 +240,7 @@ class Generator(nn.Module):
             raise ValueError(f"ws must be (B, {self.n_latent}, {self.cfg.style_dim}) or (B, {self.cfg.style_dim}), got {tuple(ws.shape)}")
         if noise_mode not in ('random', 'const', 'none'): raise ValueError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
         nz = noise if noise is not None else [self._noise(i, noise_mode, ws) for i in range(self.num_layers)]
-        x = self.conv1(self.input(ws.shape[0]), ws[:, 0], nz[0])
+        x = self.conv1(self.input(ws.shape[0]).contiguous(memory_format=torch.channels_last), ws[:, 0], nz[0])
         img = self.to_rgb1(x, ws[:, 1])
         for j, i in enumerate(range(1, self.n_latent - 1, 2)):
             x = self.convs[2 * j](x, ws[:, i], nz[i])
@@ -306,7 +306,7 @@ class Discriminator(nn.Module):
     def forward(self, x):                                               # (B, 3, size, size) -> (B, 1) logits
         if x.shape[1:] != (3, self.cfg.size, self.cfg.size):
             raise ValueError(f"the discriminator takes (B, 3, {self.cfg.size}, {self.cfg.size}) images, got {tuple(x.shape)}")
-        x = self.final_conv(minibatch_stddev(self.convs(x), self.stddev_group))
+        x = self.final_conv(minibatch_stddev(self.convs(x.contiguous(memory_format=torch.channels_last)), self.stddev_group))
         return self.final_linear(x.flatten(1))
 
 # %% ../nbs/06_stylegan2.ipynb 29
