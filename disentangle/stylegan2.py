@@ -14,12 +14,12 @@ from .core import save_tensors, load_tensors
 from .engine import Method, load_state_strict
 
 # %% auto 0
-__all__ = ['make_kernel', 'upfirdn2d', 'fused_leaky_relu', 'FusedLeakyReLU', 'EqualLinear', 'EqualConv2d', 'Blur', 'Upsample',
-           'ModulatedConv2d', 'NoiseInjection', 'ConstantInput', 'StyledConv', 'ToRGB', 'StyleGAN2Config', 'PixelNorm',
-           'Generator', 'ConvLayer', 'ResBlock', 'minibatch_stddev', 'Discriminator', 'd_logistic_loss',
+__all__ = ['ASSETS', 'make_kernel', 'upfirdn2d', 'fused_leaky_relu', 'FusedLeakyReLU', 'EqualLinear', 'EqualConv2d', 'Blur',
+           'Upsample', 'ModulatedConv2d', 'NoiseInjection', 'ConstantInput', 'StyledConv', 'ToRGB', 'StyleGAN2Config',
+           'PixelNorm', 'Generator', 'ConvLayer', 'ResBlock', 'minibatch_stddev', 'Discriminator', 'd_logistic_loss',
            'g_nonsaturating_loss', 'r1_penalty', 'path_length_penalty', 'GANConfig', 'ema_decay', 'GANState',
            'StyleGAN2GAN', 'save_generator', 'Opaque', 'safe_load', 'load_generator', 'load_discriminator',
-           'export_rosinality', 'write_nvidia_layout']
+           'export_rosinality', 'write_nvidia_layout', 'pretrained_generator']
 
 # %% ../nbs/06_stylegan2.ipynb 5
 def make_kernel(k=(1, 3, 3, 1)) -> torch.Tensor:
@@ -727,3 +727,16 @@ def _nvidia_d_flat(D):
     for lg in range(cfg.log_size, 2, -1):
         for part in ('', 'conv0.', 'conv1.', 'skip.'): d[f'b{2 ** lg}.{part}resample_filter'] = k.clone()
     return d
+
+# %% ../nbs/06_stylegan2.ipynb 58
+import disentangle
+ASSETS = Path(disentangle.__file__).parent / 'assets'       # package data (setup.py: assets/*)
+
+def pretrained_generator(name='stylegan2-synthfaces-64', device='cpu') -> Generator:
+    "A generator bundled in `disentangle/assets/` (or any path to one of our .safetensors files)."
+    path = Path(name) if str(name).endswith('.safetensors') else ASSETS / f'{name}.safetensors'
+    if not path.exists():
+        have = sorted(p.stem for p in ASSETS.glob('stylegan2-*.safetensors')) if ASSETS.exists() else []
+        raise FileNotFoundError(f"no bundled generator {name!r}: {path} does not exist; bundled: {have}. "
+                                "Train one with `disentangle run train_stylegan2 -p bundle True`.")
+    return load_generator(path, device)
