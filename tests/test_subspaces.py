@@ -1,0 +1,100 @@
+"Method 1 (independent subspaces): region table, decoder locality, training through the engine, swaps and their metrics."
+from __future__ import annotations
+import json, math
+
+import numpy as np
+import pytest
+import torch
+
+from disentangle import subspaces as S, synthfaces as sf
+from disentangle.engine import Engine, EngineConfig, ShardedBatches
+from disentangle.perception import FactorRegressor, RegressorConfig
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return sf.SynthFaces(12, 4, size=64, seed=11, split="all")
+
+
+@pytest.mark.parametrize("regions", list(S.REGION_SETS))
+def test_region_table_partitions_classes_and_factors(regions):
+    lut = S.class_to_region(regions)
+    assert (lut >= 0).all() and lut.max() == len(S.region_names(regions)) - 1
+    groups = S.factor_groups(regions)
+    assert sorted(i for g in groups.values() for i in g) == list(range(len(sf.FACTORS)))
+    assert [sf.FACTOR_NAMES[i] for i in groups["global"]] == ["yaw", "pitch", "roll", "light_x", "light_y", "ambient", "diffuse"]
+
+
+def test_decoder_k_depends_on_its_code_only():
+    torch.manual_seed(0)
+    m = S.SubspaceAE(S.SubspaceConfig(regions="fine")).eval()
+    z, g = torch.randn(3, 8, 16), torch.randn(3, 8)
+    with torch.no_grad():
+        a = m.decode(z, g)
+        for k in range(8):
+            z2 = z.clone(); z2[:, k] += 1
+            b = m.decode(z2, g)
+            moved = (b["rgb"] - a["rgb"]).abs().flatten(2).amax(2).amax(0)
+            assert moved[k] > 0 and (moved[torch.arange(8) != k] == 0).all(), (k, moved)
+    assert torch.allclose(a["masks"].sum(1), torch.ones(3, 64, 64), atol=1e-5)
+
+
+def test_train_resume_swap_and_score(faces, tmp_path):
+    cfg = S.SubspaceConfig()
+    eng = Engine(S.SubspaceMethod(cfg), ShardedBatches(faces, 8, seed=0),
+                 EngineConfig(steps=4, out_dir=str(tmp_path), progress=False, log_every=1, ckpt_every=2)).fit()
+    log = [json.loads(l) for l in open(tmp_path / "log.jsonl")]
+    assert len(log) == 4 and all(math.isfinite(r[k]) for r in log for k in ("loss", "reconstruction", "mask", "tc", "disc"))
+    fresh = Engine(S.SubspaceMethod(cfg), ShardedBatches(faces, 8), EngineConfig(steps=4, out_dir=str(tmp_path), progress=False))
+    fresh.load(fresh.checkpoints()[-1])
+    for p, q in zip(eng.method.model.parameters(), fresh.method.model.parameters()): assert torch.equal(p, q)
+
+    sw = S.subspace_swapper(eng.method.model)
+    b = faces.__getitems__(list(range(16)))
+    grid = S.swap_grid(sw, b["image"][:2], b["image"][2:5], 3)
+    assert grid.shape == (3, 4, 3, 64, 64) and torch.equal(grid[1:, 0], b["image"][:2])
+    rec = sw.decode(sw.encode(b["image"][2:3]))
+    assert torch.allclose(S.swap_grid(sw, b["image"][2:3], b["image"][2:3], 1)[1, 1], rec[0], atol=1e-5)
+
+    reg = FactorRegressor(RegressorConfig(width=8)).eval()
+    rcp = {k: v[:8] for k, v in b.items()}; don = {k: v[8:] for k, v in b.items()}
+    res, swapped, _ = S.evaluate_swaps(sw, rcp, don, reg)
+    assert 0 <= res["locality"] <= 1 and set(swapped) == set(S.region_names("paper"))
+    assert all(math.isfinite(res[k]) for k in ("donor_r2", "kept_r2", "psnr", "ssim"))
+
+
+def test_no_independence_ablation_leaves_the_discriminator_alone(faces, tmp_path):
+    meth = S.SubspaceMethod(S.SubspaceConfig(w_ind=0.0))
+    before = [p.detach().clone() for p in meth.disc.parameters()]
+    Engine(meth, ShardedBatches(faces, 8), EngineConfig(steps=2, out_dir=str(tmp_path), progress=False, log_every=1)).fit()
+    log = [json.loads(l) for l in open(tmp_path / "log.jsonl")]
+    assert "tc" not in log[-1] and "disc" not in log[-1]
+    assert all(torch.equal(a, p) for a, p in zip(before, meth.disc.parameters()))
+
+
+def test_swap_metrics_on_hand_made_cases():
+    before = torch.zeros(1, 3, 8, 8); after = before.clone()
+    mr = torch.zeros(1, 8, 8, dtype=torch.uint8); md = mr.clone()
+    mr[:, :2, :2] = sf.C["mouth"]; md[:, 6:, 6:] = sf.C["u_lip"]
+    after[:, :, :2, :2] = 1; after[:, :, 6:, 6:] = 1
+    assert S.swap_locality(before, after, mr, md, 4) == pytest.approx(1.0)
+    after[:, :, 4, :] = 1
+    assert S.swap_locality(before, after, mr, md, 4) == pytest.approx(0.5)
+
+    fr, fd = torch.rand(200, 5), torch.rand(200, 5)
+    r = S.transfer_r2(torch.cat([fr[:, :3], fd[:, 3:]], 1), fd, fr, [3, 4])
+    assert torch.allclose(r["donor"], torch.ones(2, dtype=torch.float64)) and torch.allclose(r["kept"], torch.ones(3, dtype=torch.float64))
+
+    R = np.zeros((4, 2)); R[:2, 0] = 1; R[2:, 1] = 1
+    d = S.subspace_dci(R, [[0, 1], [2, 3]], [[0], [1]])
+    assert d["disentanglement"] == pytest.approx(1.0) and d["completeness"] == pytest.approx(1.0)
+    mixed = S.subspace_dci(np.ones((4, 2)), [[0, 1], [2, 3]], [[0], [1]])
+    assert mixed["disentanglement"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_assign_dims_groups_units_by_correlation():
+    f = torch.rand(400, 3)
+    codes = torch.stack([-f[:, 1], f[:, 0], f[:, 2] * 3], 1)
+    assert S.assign_dims(codes, f, {"a": [0], "b": [1], "c": [2]}) == {"a": [1], "b": [0], "c": [2]}
