@@ -78,9 +78,9 @@ class SubspaceConfig:
     disc_hidden: int = 256      # units of the independence discriminator's hidden layers
     w_rec: float = 1.0          # weight of the L1 reconstruction loss
     w_mask: float = 0.3         # weight of the mask cross-entropy (0: the "no mask loss" ablation)
-    w_ind: float = 0.02         # weight of the total-correlation estimate (0: the "no independence loss" ablation)
+    w_ind: float = 0.002        # weight of the total-correlation estimate (0: the "no independence loss" ablation)
     balance: float = 0.5        # pixel weights (region frequency in the batch)^-balance in both pixel losses; 0: plain means
-    lr: float = 1e-3            # Adam learning rate of encoder and decoders
+    lr: float = 3e-3            # Adam learning rate of encoder and decoders
     lr_disc: float = 2e-4       # Adam learning rate of the discriminator
 
     @property
@@ -301,21 +301,24 @@ def predict(net, x, chunk=256):
     return torch.cat([net(x[i:i + chunk].to(dev)).float().cpu() for i in range(0, len(x), chunk)])
 
 @torch.no_grad()
-def evaluate_swaps(sw: Swapper, recipients: dict, donors: dict, regressor, regions='paper', dilation=0, chunk=256) -> dict:
-    "Swap each region from donors into recipients (batch dicts with image, mask, factors); metrics and the swapped images."
+def evaluate_swaps(sw: Swapper, recipients: dict, donors: dict, regressor, regions='paper', dilation=0, scored=None, chunk=256) -> dict:
+    "Swap each region from donors into recipients (batch dicts with image, mask, factors); metrics and the swapped images. `scored`: the factor indices the transfer R^2 reads (default all)."
     enc = lambda x: torch.cat([sw.encode(x[i:i + chunk]) for i in range(0, len(x), chunk)])
     dec = lambda c: torch.cat([sw.decode(c[i:i + chunk]) for i in range(0, len(c), chunk)])
     cr, cd = enc(recipients['image']), enc(donors['image'])
     rec = dec(cr)
-    groups = factor_groups(regions)
+    scored = list(range(len(sf.FACTORS))) if scored is None else sorted(scored)
+    pos = {j: i for i, j in enumerate(scored)}
+    groups = {n: [pos[j] for j in v if j in pos] for n, v in factor_groups(regions).items()}   # columns among the scored
     out = {'psnr': metrics.psnr(rec, recipients['image']), 'ssim': metrics.ssim(rec, recipients['image'])}
-    r2_rec = r2_scores(predict(regressor, rec), recipients['factors'])
+    fr, fd = recipients['factors'][:, scored], donors['factors'][:, scored]
+    r2_rec = r2_scores(predict(regressor, rec)[:, scored], fr)
     out['r2_reconstruction'] = float(r2_rec.mean())
     donor_r2, kept_r2, swapped = [], [], {}
     for k, name in enumerate(sw.names):
         x = dec(swap_codes(cr, cd, sw.groups[k])); swapped[name] = x
         loc = swap_locality(rec, x, recipients['mask'], donors['mask'], k, regions, dilation) if (x != rec).any() else float('nan')
-        t = transfer_r2(predict(regressor, x), donors['factors'], recipients['factors'], groups[name])
+        t = transfer_r2(predict(regressor, x)[:, scored], fd, fr, groups[name])
         out[f'{name}.locality'] = loc
         out[f'{name}.donor_r2'] = float(t['donor'].mean()) if len(t['donor']) else float('nan')
         out[f'{name}.kept_r2'] = float(t['kept'].mean())
