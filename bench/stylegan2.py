@@ -69,7 +69,7 @@ def main():
         for prec, comp, layout in variants:
             ips = run(size, a.steps, a.device, prec, comp, batch, layout)
             first = first or ips
-            print(f'| {size} | {batch} | {prec} | {comp} | {layout} | {ips:.1f} | {1000 / ips:.1f} | {ips / first:.2f} |', flush=True)
+            print(f'| {size} | {batch} | {prec} | {comp} | {layout} | {ips:.3g} | {1000 / ips:.4g} | {ips / first:.2f} |', flush=True)
     print('\nAnchor: NVIDIA stylegan2-ada-pytorch README, 256 px `--cfg=auto`, one V100: 21.6-24.2 sec/kimg. Target on one H100: at most 5 sec/kimg.')
 
 
