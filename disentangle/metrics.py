@@ -11,6 +11,11 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 
+# numba's OpenMP threading layer sets the OpenMP thread count of the whole process when it starts (torch's included,
+# so OMP_NUM_THREADS=1 stopped holding); its own work-queue layer leaves it alone. Only effective before numba's first
+# parallel call in the process.
+if numba.config.THREADING_LAYER == 'default': numba.config.THREADING_LAYER = 'workqueue'
+
 # %% auto 0
 __all__ = ['MS_WEIGHTS', 'DEFAULTS', 'histogram_discretize', 'discrete_mutual_info', 'discrete_entropy', 'mig',
            'dci_from_importance', 'GBT', 'gbt_importance', 'dci', 'sap_score_matrix', 'sap', 'modularity_from_mi',
@@ -157,6 +162,16 @@ def _grow_stage(order, X, R, max_depth, prio):
     return feats, thrs, leaves, imps
 
 @numba.njit(cache=True)
+def _grow_stage_serial(order, X, R, max_depth, prio):
+    "`_grow_stage` on one thread: no parallel region to enter (on a busy machine its start-up cost ~15 ms a stage, more than a small fit's work)."
+    T, N = R.shape; F = X.shape[1]; n_nodes = 2 ** max_depth - 1
+    feats = np.empty((T, n_nodes), np.int64); thrs = np.empty((T, n_nodes)); leaves = np.empty((T, N), np.int64); imps = np.empty((T, F))
+    for t in range(T):
+        f, th, lf, im = _grow_tree(order, X, R[t], max_depth, prio[t])
+        feats[t] = f; thrs[t] = th; leaves[t] = lf; imps[t] = im
+    return feats, thrs, leaves, imps
+
+@numba.njit(cache=True)
 def _route(X, feat, thr, max_depth):
     N = X.shape[0]; out = np.zeros(N, np.int64)
     for i in range(N):
@@ -196,7 +211,8 @@ class GBT:
                 e = np.exp(raw - raw.max(1, keepdims=True)); p = e / e.sum(1, keepdims=True)
             stage = []
             R = np.ascontiguousarray((Yt - p[:, :T]).T)
-            feats, thrs, leaves, imps_t = _grow_stage(order, X, R, self.max_depth, rng.random((T, 2 ** (self.max_depth - 1), F)))
+            grow = _grow_stage if numba.get_num_threads() > 1 and order.size * T > 100_000 else _grow_stage_serial   # small fits: no thread start-up
+            feats, thrs, leaves, imps_t = grow(order, X, R, self.max_depth, rng.random((T, 2 ** (self.max_depth - 1), F)))
             for k in range(T):
                 r, feat, thr, leaf, imp = R[k], feats[k], thrs[k], leaves[k], imps_t[k]
                 L = 2 ** self.max_depth

@@ -17,9 +17,9 @@ from .perception import backbone, r2_scores
 # %% auto 0
 __all__ = ['REGION_SETS', 'region_names', 'class_to_region', 'region_labels', 'factor_groups', 'SubspaceConfig', 'up_block',
            'SubspaceAE', 'permute_blocks', 'TCDiscriminator', 'tc_estimate', 'disc_loss', 'region_weights',
-           'subspace_losses', 'SubspaceMethod', 'swap_codes', 'Swapper', 'subspace_swapper', 'swap_grid', 'interpolate',
-           'show_grid', 'swap_locality', 'transfer_r2', 'group_matrix', 'subspace_dci', 'subspace_mig', 'assign_dims',
-           'predict', 'evaluate_swaps', 'evaluate_codes']
+           'subspace_losses', 'SubspaceMethod', 'swap_codes', 'Swapper', 'subspace_swapper', 'renderer_swapper',
+           'swap_grid', 'interpolate', 'show_grid', 'swap_locality', 'transfer_r2', 'group_matrix', 'subspace_dci',
+           'subspace_mig', 'assign_dims', 'predict', 'target_masks', 'evaluate_swaps', 'evaluate_codes']
 
 # %% ../nbs/11_subspaces.ipynb 5
 REGION_SETS = {
@@ -113,15 +113,15 @@ class SubspaceAE(nn.Module):
         h = self.code(self.body(x).flatten(1))
         return h[:, :self.K * self.d].view(-1, self.K, self.d), h[:, self.K * self.d:]
 
-    def decode(self, z, g):
-        "Codes -> dict(image (B,3,S,S), rgb (B,K,3,S,S), logits (B,K,S,S), masks (B,K,S,S))."
+    def decode(self, z, g, hard=False):
+        "Codes -> dict(image (B,3,S,S), rgb (B,K,3,S,S), logits (B,K,S,S), masks (B,K,S,S)); `hard`: one-hot (argmax) masks."
         B = z.shape[0]
         inp = torch.cat([z, g.unsqueeze(1).expand(B, self.K, self.G)], 2)              # (B, K, d + G) one row per decoder
         h = torch.einsum('bki,kio->bko', inp, self.fc_w) + self.fc_b                    # (B, K, c0 s0 s0)
         h = F.leaky_relu(h, 0.2).reshape(B * self.K, self.c0, self.s0, self.s0)        # (B K, c0, s0, s0) one image per decoder
         o = self.trunk(h.contiguous(memory_format=torch.channels_last)).contiguous().view(B, self.K, 4, self.cfg.size, self.cfg.size)
         rgb, logits = torch.tanh(o[:, :, :3]), o[:, :, 3]                               # (B,K,3,S,S), (B,K,S,S)
-        masks = logits.softmax(1)
+        masks = F.one_hot(logits.argmax(1), self.K).permute(0, 3, 1, 2).to(rgb.dtype) if hard else logits.softmax(1)
         return {'image': (masks.unsqueeze(2) * rgb).sum(1), 'rgb': rgb, 'logits': logits, 'masks': masks}
 
     def forward(self, x):
@@ -218,11 +218,29 @@ class Swapper:
         self.encode, self.decode, self.groups, self.names = encode, decode, groups, tuple(names)
 
 @torch.no_grad()
-def subspace_swapper(model: SubspaceAE) -> Swapper:
+def subspace_swapper(model: SubspaceAE, hard=True) -> Swapper:
+    "Swapper of a trained model; `hard`: compose with one-hot masks (each pixel from one region's decoder)."
     model.eval(); dev = next(model.parameters()).device
     enc = lambda x: model.flat(*model.encode(x.to(dev))).cpu()
-    dec = lambda c: model.decode(*model.unflat(c.to(dev)))['image'].cpu()
+    dec = lambda c: model.decode(*model.unflat(c.to(dev)), hard=hard)['image'].cpu()
     return Swapper(torch.no_grad()(enc), torch.no_grad()(dec), model.code_groups()[:model.K], region_names(model.cfg.regions))
+
+def renderer_swapper(images, factors, regions='paper', size=None) -> Swapper:
+    """The ground truth as a Swapper: the code of an image is its true factor row, decoding renders it. Swapping a
+    region's factors in the renderer is the perfect part transfer; its scores are the ceiling of every model's.
+    Only the given `images` (N,3,S,S) with their `factors` (N,F) can be encoded."""
+    size = size or images.shape[-1]
+    table = {_key(x): f for x, f in zip(images, torch.as_tensor(factors, dtype=torch.float32))}
+    def enc(x):
+        rows = [table.get(_key(xi)) for xi in x]
+        if any(r is None for r in rows): raise KeyError(f"renderer_swapper: {sum(r is None for r in rows)} of {len(x)} images are not among the {len(table)} it knows")
+        return torch.stack(rows)
+    dec = lambda c: sf.render_factors(c, size)['image']
+    groups = factor_groups(regions)
+    names = region_names(regions)
+    return Swapper(enc, dec, [groups[n] for n in names], names)
+
+def _key(x): return hash(x.contiguous().numpy().tobytes())
 
 def swap_grid(sw: Swapper, recipients, donors, k):
     "Images (R+1, D+1, 3, S, S): row 0 the donors, column 0 the recipients, cell (i, j) recipient i with region k of donor j."
@@ -284,7 +302,7 @@ def subspace_mig(z, y, code_groups, factor_groups, num_bins=20) -> float:
     own = [j for fg in factor_groups for j in fg]
     return float(gaps[own].mean())
 
-# %% ../nbs/11_subspaces.ipynb 27
+# %% ../nbs/11_subspaces.ipynb 29
 def assign_dims(codes, factors, groups: dict):
     "Code units (N, D) grouped by the factor group (dict name -> factor indices) each correlates with most: name -> unit indices."
     z = torch.as_tensor(codes, dtype=torch.float64); f = torch.as_tensor(factors, dtype=torch.float64)
@@ -294,15 +312,26 @@ def assign_dims(codes, factors, groups: dict):
     best = score.argmax(1)
     return {n: [int(i) for i in torch.nonzero(best == j).flatten()] for j, n in enumerate(groups)}
 
-# %% ../nbs/11_subspaces.ipynb 30
+# %% ../nbs/11_subspaces.ipynb 32
 @torch.no_grad()
 def predict(net, x, chunk=256):
     dev = next(net.parameters()).device
     return torch.cat([net(x[i:i + chunk].to(dev)).float().cpu() for i in range(0, len(x), chunk)])
 
+def target_masks(recipient_factors, donor_factors, regions='paper', size=64, chunk=256) -> dict:
+    "Region name -> class masks (N,H,W) of the SynthFaces faces a perfect swap of that region produces (rendered)."
+    groups = factor_groups(regions)
+    out = {}
+    for n in region_names(regions):
+        f = swap_codes(torch.as_tensor(recipient_factors, dtype=torch.float32), torch.as_tensor(donor_factors, dtype=torch.float32), groups[n])
+        out[n] = torch.cat([sf.render_factors(f[i:i + chunk], size)['mask'] for i in range(0, len(f), chunk)])
+    return out
+
 @torch.no_grad()
-def evaluate_swaps(sw: Swapper, recipients: dict, donors: dict, regressor, regions='paper', dilation=0, scored=None, chunk=256) -> dict:
-    "Swap each region from donors into recipients (batch dicts with image, mask, factors); metrics and the swapped images. `scored`: the factor indices the transfer R^2 reads (default all)."
+def evaluate_swaps(sw: Swapper, recipients: dict, donors: dict, regressor, regions='paper', dilation=0, scored=None, chunk=256, targets=None) -> dict:
+    """Swap each region from donors into recipients (batch dicts with image, mask, factors); metrics and the swapped images.
+    `scored`: the factor indices the transfer R^2 reads (default all). `targets`: region name -> class masks (N,H,W) of
+    the faces each swap should produce (`target_masks`); without them locality uses the donors' masks."""
     enc = lambda x: torch.cat([sw.encode(x[i:i + chunk]) for i in range(0, len(x), chunk)])
     dec = lambda c: torch.cat([sw.decode(c[i:i + chunk]) for i in range(0, len(c), chunk)])
     cr, cd = enc(recipients['image']), enc(donors['image'])
@@ -317,7 +346,8 @@ def evaluate_swaps(sw: Swapper, recipients: dict, donors: dict, regressor, regio
     donor_r2, kept_r2, swapped = [], [], {}
     for k, name in enumerate(sw.names):
         x = dec(swap_codes(cr, cd, sw.groups[k])); swapped[name] = x
-        loc = swap_locality(rec, x, recipients['mask'], donors['mask'], k, regions, dilation) if (x != rec).any() else float('nan')
+        after = targets[name] if targets is not None else donors['mask']
+        loc = swap_locality(rec, x, recipients['mask'], after, k, regions, dilation) if (x != rec).any() else float('nan')
         t = transfer_r2(predict(regressor, x)[:, scored], fd, fr, groups[name])
         out[f'{name}.locality'] = loc
         out[f'{name}.donor_r2'] = float(t['donor'].mean()) if len(t['donor']) else float('nan')

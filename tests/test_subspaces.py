@@ -1,6 +1,7 @@
 "Method 1 (independent subspaces): region table, decoder locality, training through the engine, swaps and their metrics."
 from __future__ import annotations
 import json, math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +99,18 @@ def test_assign_dims_groups_units_by_correlation():
     f = torch.rand(400, 3)
     codes = torch.stack([-f[:, 1], f[:, 0], f[:, 2] * 3], 1)
     assert S.assign_dims(codes, f, {"a": [0], "b": [1], "c": [2]}) == {"a": [1], "b": [0], "c": [2]}
+
+
+def test_subspaces_experiment_tiny(tmp_path):
+    "The experiment runs end to end with tiny parameters: the method, both ablations, the beta-VAE and the renderer's ceiling."
+    from disentangle.cli import run_experiment
+    exps = Path(__file__).resolve().parent.parent / "nbs" / "experiments"
+    params = dict(steps=4, batch=8, n_identities=40, images_per_identity=4, n_codes=16, baseline_steps=4, cache_dir=str(tmp_path / "cache"))
+    run = run_experiment("subspaces", params, out=tmp_path, experiments=exps)
+    m = json.loads((run / "metrics.json").read_text())
+    for name in ("subspaces", "no_mask", "no_independence", "beta_vae", "renderer"):
+        assert 0 <= m[f"{name}.locality"] <= 1, name
+        assert np.isfinite(m[f"{name}.kept_r2"]) and np.isfinite(m[f"{name}.fid_swapped"]), name
+    assert m["renderer.locality"] > 0.95 and m["renderer.kept_r2"] > m["subspaces.kept_r2"]   # the ceiling, even on 16 faces
+    assert all(f"accept.{k}.threshold" in m for k in ("locality", "donor_r2", "kept_r2"))
+    assert {p.name for p in run.glob("*.png")} >= {"swaps-subspaces.png", "swaps-renderer.png", "interpolation.png", "masks.png", "losses.png"}
