@@ -20,11 +20,11 @@ from . import metrics
 __all__ = ['RES', 'ARCHS', 'LOSSES', 'INVARIANCE_GROUPS', 'ASSETS', 'MAX_BYTES', 'NETS', 'BUNDLED', 'to_res', 'conv_bn_relu',
            'ResBlock', 'backbone', 'n_params', 'EmbedderConfig', 'FaceEmbedder', 'ArcFace', 'to_pixels',
            'to_normalised', 'LandmarkConfig', 'LandmarkNet', 'ParserConfig', 'FaceParser', 'RegressorConfig',
-           'factor_ranges', 'FactorRegressor', 'fid_features', 'TrainConfig', 'identity_classes', 'EmbedderLoss',
-           'LandmarkLoss', 'soft_dice_loss', 'ParserLoss', 'FactorLoss', 'train_perception', 'tar_at_far',
-           'pair_similarities', 'verification_tar', 'embed', 'invariance_pairs', 'invariance', 'class_iou', 'mean_iou',
-           'r2_scores', 'evaluate_embedder', 'evaluate_landmarks', 'evaluate_parser', 'evaluate_factors',
-           'save_pretrained', 'load_pretrained', 'pretrained']
+           'factor_ranges', 'FactorRegressor', 'fid_features', 'TrainConfig', 'degrade', 'identity_classes',
+           'EmbedderLoss', 'LandmarkLoss', 'soft_dice_loss', 'ParserLoss', 'FactorLoss', 'train_perception',
+           'tar_at_far', 'pair_similarities', 'verification_tar', 'embed', 'invariance_pairs', 'invariance',
+           'class_iou', 'mean_iou', 'r2_scores', 'evaluate_embedder', 'evaluate_landmarks', 'evaluate_parser',
+           'evaluate_factors', 'save_pretrained', 'load_pretrained', 'pretrained']
 
 # %% ../nbs/09_perception.ipynb 5
 RES = 64   # the resolution every net works at
@@ -209,7 +209,21 @@ class TrainConfig:
     arc_m: float = 0.5            # ArcFace angular margin (embedders)
     easy_margin: bool = False     # ArcFace easy-margin variant (embedders)
     margin_warmup: float = 0.2    # fraction of the steps over which the margin ramps up from 0 (embedders)
+    blur: float = 0.0             # augmentation: each training image blurred by a Gaussian of sigma ~ U(0, blur) px
+    noise: float = 0.0            # augmentation: plus Gaussian pixel noise of std ~ U(0, noise)
     log_every: int = 50
+
+def degrade(x, sigma, noise_std, generator=None):
+    "Images (B,3,H,W): each blurred by a Gaussian of its own sigma (B,) px (0: unchanged), plus noise of std noise_std (B,)."
+    B = x.shape[0]; r = max(1, math.ceil(3 * float(sigma.max())))
+    t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-t ** 2 / (2 * sigma.to(x).clamp(min=1e-3).view(B, 1) ** 2)); k = k / k.sum(1, keepdim=True)   # (B, 2r+1)
+    k = k.repeat_interleave(3, 0)                                                                              # (3B, 2r+1)
+    y = x.reshape(1, 3 * B, *x.shape[2:])
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode='replicate'), k.view(3 * B, 1, 1, -1), groups=3 * B)
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode='replicate'), k.view(3 * B, 1, -1, 1), groups=3 * B).view_as(x)
+    if not (noise_std > 0).any(): return y
+    return y + torch.randn(x.shape, generator=generator, device='cpu').to(x) * noise_std.to(x).view(B, 1, 1, 1)
 
 def _batches(data, batch_size, seed):
     epoch = 0
@@ -272,18 +286,23 @@ def train_perception(net, data, cfg: TrainConfig = TrainConfig(), device='auto',
     net, objective = net.to(dev, memory_format=torch.channels_last), objective.to(dev)
     opt = torch.optim.AdamW(list(net.parameters()) + list(objective.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.1)
-    batches, history, t0 = _batches(data, cfg.batch_size, cfg.seed), [], time.perf_counter()
+    batches, history, t0, c0 = _batches(data, cfg.batch_size, cfg.seed), [], time.perf_counter(), time.process_time()
+    aug = torch.Generator().manual_seed(cfg.seed + 7919)   # the augmentation's own stream, the same on every device
     net.train()
     bar = tqdm(range(cfg.steps), desc=desc or type(net).__name__, disable=not progress, mininterval=5)
     for step in bar:
         b = {k: v.to(dev, non_blocking=True) for k, v in next(batches).items() if k in ('image', 'mask', 'landmarks', 'factors', 'identity')}
+        if cfg.blur > 0 or cfg.noise > 0:
+            B = b['image'].shape[0]
+            b['image'] = degrade(b['image'], torch.rand(B, generator=aug) * cfg.blur, torch.rand(B, generator=aug) * cfg.noise, aug)
         b['image'] = b['image'].contiguous(memory_format=torch.channels_last)
         out = objective(net, b, step)
         opt.zero_grad(set_to_none=True); out['loss'].backward(); opt.step(); sched.step()
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            history.append({'step': step, 'seconds': time.perf_counter() - t0, **{k: float(v.detach()) for k, v in out.items()}})
+            history.append({'step': step, 'seconds': time.perf_counter() - t0, 'cpu_seconds': time.process_time() - c0,
+                            **{k: float(v.detach()) for k, v in out.items()}})
             bar.set_postfix(loss=f"{history[-1]['loss']:.3g}")
-    return net.eval().requires_grad_(False), history
+    return net.to(memory_format=torch.contiguous_format).eval().requires_grad_(False), history
 
 # %% ../nbs/09_perception.ipynb 33
 def tar_at_far(genuine, impostor, far=1e-3) -> dict:
@@ -387,12 +406,12 @@ def evaluate_factors(net, data) -> dict:
     r2 = r2_scores(p, gt['factors'])
     return {'r2_mean': float(r2.mean()), **{f'r2_{n}': float(v) for n, v in zip(sf.FACTOR_NAMES, r2)}}
 
-# %% ../nbs/09_perception.ipynb 46
+# %% ../nbs/09_perception.ipynb 47
 ASSETS = Path(disentangle.__file__).parent / 'assets'   # shipped as package data (setup.py: assets/*)
 MAX_BYTES = 5_000_000
 NETS = {'FaceEmbedder': (FaceEmbedder, EmbedderConfig), 'LandmarkNet': (LandmarkNet, LandmarkConfig),
         'FaceParser': (FaceParser, ParserConfig), 'FactorRegressor': (FactorRegressor, RegressorConfig)}
-BUNDLED = ('id_train', 'id_judge', 'landmarks', 'parser', 'factors')
+BUNDLED = ('id_train', 'id_judge', 'landmarks', 'parser', 'factors', 'factor_judge')
 
 def _asset(name, assets=None):
     s = str(name)

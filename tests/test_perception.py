@@ -1,0 +1,73 @@
+"The perception experiment runs end to end with tiny parameters; the bundled nets load, fit the size limit and keep their quality."
+from __future__ import annotations
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from disentangle import perception as P
+from disentangle import synthfaces as sf
+from disentangle.cli import run_experiment
+
+REPO = Path(__file__).resolve().parent.parent
+EXPS = REPO / "nbs" / "experiments"
+
+
+def test_train_perception_tiny(tmp_path):
+    params = dict(n_identities=40, images_per_identity=4, batch_size=16, parser_batch_size=8, id_train_steps=6, id_judge_steps=6, landmark_steps=6,
+                  parser_steps=4, factor_steps=6, width=4, parser_width=4, invariance_n=6, cache_dir=str(tmp_path / "cache"))
+    run = run_experiment("train_perception", params, out=tmp_path, experiments=EXPS)
+    m = json.loads((run / "metrics.json").read_text())
+    for name in ("id_train", "id_judge"):
+        for k in ("tar_far1e-03", "tar_far1e-04"): assert 0 <= m[f"{name}.{k}"] <= 1, (name, k)
+        for g in list(P.INVARIANCE_GROUPS) + ["different_identity"]: assert -1 <= m[f"{name}.invariance.{g}"] <= 1, (name, g)
+    assert 0 < m["landmarks.nme"] < 10 and 0 <= m["parser.miou"] <= 1 and m["factors.r2_mean"] <= 1
+    assert all(f"factors.r2_{n}" in m for n in sf.FACTOR_NAMES) and m["factors.fid_test_halves"] >= 0
+    assert m["factor_judge.r2_mean_blur1"] <= 1 and m["factors.fid_blur1"] >= 0
+    for name in P.BUNDLED:
+        assert m[f"{name}.train_seconds"] > 0 and m[f"{name}.bytes"] <= P.MAX_BYTES
+        net = P.load_pretrained(run / f"{name}.safetensors")
+        assert net.info["recipe"]["data"]["n_identities"] == 40 and "quality" in net.info
+    assert {p.name for p in run.glob("*.png")} >= {"losses.png", "parser_landmarks.png", "verification.png"}
+    assert "TAR@FAR=1e-3" in (run / "train_perception.ipynb").read_text()
+    # a subset: the same net from the same seed, nothing else trained
+    sub = run_experiment("train_perception", dict(params, nets="landmarks"), out=tmp_path / "sub", experiments=EXPS)
+    assert {p.name for p in sub.glob("*.safetensors")} == {"landmarks.safetensors"}
+    a, b = P.load_pretrained(run / "landmarks.safetensors"), P.load_pretrained(sub / "landmarks.safetensors")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("name", P.BUNDLED)
+def test_bundled_nets(name):
+    path = P.ASSETS / f"{name}.safetensors"
+    assert path.exists(), f"{path} is missing: run `disentangle run train_perception -p bundle True`"
+    assert path.stat().st_size <= P.MAX_BYTES, f"{path}: {path.stat().st_size} bytes"
+    net = P.load_pretrained(name)
+    assert not any(p.requires_grad for p in net.parameters())
+    x = sf.render(4, size=96, seed=11)["image"]
+    out = net(x)
+    kind = type(net).__name__
+    shape = {"LandmarkNet": (4, 5, 2), "FaceParser": (4, 19, 96, 96), "FactorRegressor": (4, 28)}.get(kind) or (4, net.cfg.dim)
+    assert tuple(out.shape) == shape and torch.isfinite(out).all()
+
+
+def test_bundled_quality_on_held_out_identities():
+    "A small held-out sample (identities of another SynthFaces seed) is enough to see that the bundled weights work."
+    b = sf.render(64, size=64, seed=123)
+    lm = P.pretrained("landmarks")(b["image"])
+    assert P.metrics.landmark_nme(lm, b["landmarks"]) < 0.08
+    assert P.mean_iou(P.pretrained("parser").parse(b["image"]), b["mask"]) > 0.7
+    blurred = P.degrade(b["image"], torch.ones(64), torch.zeros(64))
+    r2 = {n: float(P.r2_scores(P.pretrained(n)(blurred), b["factors"]).mean()) for n in ("factors", "factor_judge")}
+    assert r2["factor_judge"] > r2["factors"] + 0.1, r2   # the judge reads blurred faces; the FID net is meant not to
+    inv = P.invariance(P.pretrained("id_judge"), identities=list(range(900_000, 900_016)))
+    assert inv["expression"] > inv["different_identity"] + 0.3
+
+
+def test_load_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing_net.safetensors does not exist"): P.load_pretrained("missing_net")
+    from disentangle.core import load_tensors, save_tensors
+    t, meta = load_tensors(P.ASSETS / "landmarks.safetensors"); meta["config"]["hidden"] += 1
+    save_tensors(tmp_path / "wrong.safetensors", t, meta)
+    with pytest.raises(ValueError, match="wrong.safetensors: weights do not match"): P.load_pretrained(tmp_path / "wrong.safetensors")
