@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_realdata.ipynb 2
 from __future__ import annotations
-import dataclasses, functools, hashlib, json, math, os, re, shutil, tempfile, warnings
+import abc, dataclasses, functools, hashlib, json, math, os, re, shutil, tempfile, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -340,7 +340,7 @@ class RealLoader(BatchLoader):
             yield b
 
 # %% ../nbs/03_realdata.ipynb 47
-class RealFaces(torch.utils.data.Dataset):
+class RealFaces(torch.utils.data.Dataset, metaclass=abc.ABCMeta):
     "Face images and their annotations as SynthFaces-style batch dicts, decoded on demand or served from a uint8 cache."
     name, Config, SPLITS = 'images', RealConfig, ('all',)
     attribute_names: tuple | None = None
@@ -365,9 +365,11 @@ class RealFaces(torch.utils.data.Dataset):
     def __len__(self): return len(self.meta['path'])
     def path(self, i) -> Path: return self.root / self.meta['path'][i]
 
-    # subclasses
-    def _index(self) -> dict: raise NotImplementedError
-    def _decode(self, i): raise NotImplementedError
+    # what each data set defines (an abstract base: only the subclasses can be built)
+    @abc.abstractmethod
+    def _index(self) -> dict: "Per-image metadata arrays: 'path' (relative to root), and the annotations the set has."
+    @abc.abstractmethod
+    def _decode(self, i): "(image, mask or None) of item i at the output size."
     def _geometry(self) -> dict: return {}
 
     def _select(self, keep):
@@ -645,6 +647,7 @@ class CelebAMaskHQ(RealFaces):
     MASKS = 'CelebAMask-HQ-mask-anno'
 
     def _geometry(self): return {'image_size': self.cfg.image_size, 'mask_size': self.cfg.mask_size}
+    def _index(self): return _hq_index(self)   # defined below, after the tables it reads
 
     def _decode(self, i):
         im = load_image(self.path(i), self.size, 'full', expect=(self.cfg.image_size,) * 2)
@@ -712,8 +715,6 @@ def _hq_index(self):
         meta['attributes'], self.attribute_names = (a.values[a.lookup(keys[keep]), 1:] > 0).astype(np.uint8), a.header
     if t['identity'] is not None: meta['identity'] = t['identity'].values[celeba['identity'][keep], 1].astype(np.int64)
     return meta
-
-CelebAMaskHQ._index = _hq_index
 
 # %% ../nbs/03_realdata.ipynb 85
 DATASETS = Registry('real data set')

@@ -554,3 +554,7 @@ def test_fuzz_corrupted_files_and_lines(tmp_path):
     assert total >= 1000, n
     for what in ("celeba", "celeba_split", "hq", "folder"):        # everything restored: loads clean
         ds = lay.make(what, False); ds.__getitems__(list(range(len(ds))))
+
+
+def test_base_class_is_abstract(tmp_path):
+    with pytest.raises(TypeError, match="abstract"): rd.RealFaces(tmp_path)
