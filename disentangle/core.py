@@ -4,14 +4,14 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import dataclasses, json, math, os, random, tempfile, typing
+import contextlib, dataclasses, json, math, os, random, shutil, tempfile, typing
 from pathlib import Path
 import numpy as np
 import torch
 
 # %% auto 0
-__all__ = ['seed_everything', 'get_device', 'from_dict', 'atomic_write', 'save_tensors', 'load_tensors', 'Registry',
-           'save_metrics', 'collate_batched', 'BatchLoader']
+__all__ = ['seed_everything', 'get_device', 'from_dict', 'atomic_write', 'atomic_folder', 'save_tensors', 'load_tensors',
+           'Registry', 'save_metrics', 'collate_batched', 'BatchLoader']
 
 # %% ../nbs/00_core.ipynb 5
 def seed_everything(seed: int) -> torch.Generator:
@@ -77,6 +77,22 @@ def atomic_write(path: str | os.PathLike, write_fn) -> Path:
         if os.path.exists(tmp): os.remove(tmp)
         raise
     return path
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | os.PathLike):
+    """Fill a temporary sibling folder (yielded), then mark it `done` and rename it onto `folder`; on an error it is
+    removed. If another process renamed its own copy first, ours is dropped and theirs stays."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f'.{folder.name}.', suffix='.tmp'))
+    try:
+        yield tmp
+        (tmp / 'done').write_text('ok')
+        try: os.replace(tmp, folder)
+        except OSError: shutil.rmtree(tmp, ignore_errors=True)   # another process finished first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 # %% ../nbs/00_core.ipynb 14
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from .core import BatchLoader, Registry, from_dict
+from .core import BatchLoader, Registry, atomic_folder, from_dict
 from .synthfaces import CLASSES
 
 # %% auto 0
@@ -305,9 +305,7 @@ def _collate_one(b): return b
 
 # %% ../nbs/03_realdata.ipynb 44
 def _build_cache(ds, folder: Path):
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f'.{folder.name}.', suffix='.tmp'))
-    try:
+    with atomic_folder(folder) as tmp:
         N, S = len(ds), ds.size
         image = np.lib.format.open_memmap(tmp / 'image.npy', mode='w+', dtype=np.uint8, shape=(N, S, S, 3))
         mask = np.lib.format.open_memmap(tmp / 'mask.npy', mode='w+', dtype=np.uint8, shape=(N, S, S)) if ds.has_mask else None
@@ -323,12 +321,6 @@ def _build_cache(ds, folder: Path):
             if m is not None: m.flush()
         del image, mask
         (tmp / 'bad.json').write_text(json.dumps(bad))
-        (tmp / 'done').write_text('ok')
-        try: os.replace(tmp, folder)
-        except OSError: shutil.rmtree(tmp, ignore_errors=True)    # another process finished first
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 # %% ../nbs/03_realdata.ipynb 46
 class RealLoader(BatchLoader):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .core import BatchLoader, collate_batched
+from .core import BatchLoader, atomic_folder, collate_batched
 
 # %% auto 0
 __all__ = ['CLASSES', 'C', 'FACTORS', 'FACTOR_NAMES', 'FI', 'REGION_CLASSES', 'GLASSES_P', 'ID_STREAM', 'ATTR_STREAM',
@@ -541,21 +541,17 @@ class SynthFaces(torch.utils.data.Dataset):
     def _build_cache(self, root):
         folder = root / self.cache_name
         if not (folder / 'done').exists():
-            root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=root, prefix='.' + self.cache_name + '.'))
-            N, S = self.n_identities * self.ipi, self.size
-            arrs = {'image': ((N, S, S, 3), np.uint8), 'mask': ((N, S, S), np.uint8), 'landmarks': ((N, 5, 2), np.float32),
-                    'factors': ((N, len(FACTORS)), np.float32), 'identity': ((N,), np.int64)}
-            mm = {k: np.lib.format.open_memmap(tmp / f'{k}.npy', mode='w+', dtype=dt, shape=sh) for k, (sh, dt) in arrs.items()}
-            for i in range(0, N, 256):
-                out = self._render(np.arange(i, min(i + 256, N)))
-                mm['image'][i:i + 256] = ((out['image'] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-                mm['mask'][i:i + 256] = out['mask'].to(torch.uint8).numpy()
-                for k in ('landmarks', 'factors', 'identity'): mm[k][i:i + 256] = out[k].numpy()
-            for m in mm.values(): m.flush()
-            (tmp / 'done').write_text('ok')
-            try: os.replace(tmp, folder)
-            except OSError: shutil.rmtree(tmp, ignore_errors=True)   # another process finished first
+            with atomic_folder(folder) as tmp:
+                N, S = self.n_identities * self.ipi, self.size
+                arrs = {'image': ((N, S, S, 3), np.uint8), 'mask': ((N, S, S), np.uint8), 'landmarks': ((N, 5, 2), np.float32),
+                        'factors': ((N, len(FACTORS)), np.float32), 'identity': ((N,), np.int64)}
+                mm = {k: np.lib.format.open_memmap(tmp / f'{k}.npy', mode='w+', dtype=dt, shape=sh) for k, (sh, dt) in arrs.items()}
+                for i in range(0, N, 256):
+                    out = self._render(np.arange(i, min(i + 256, N)))
+                    mm['image'][i:i + 256] = ((out['image'] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+                    mm['mask'][i:i + 256] = out['mask'].to(torch.uint8).numpy()
+                    for k in ('landmarks', 'factors', 'identity'): mm[k][i:i + 256] = out[k].numpy()
+                for m in mm.values(): m.flush()
         return {k: np.load(folder / f'{k}.npy', mmap_mode='r') for k in CACHE_KEYS}
 
     def __getitems__(self, idxs):
