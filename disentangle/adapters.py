@@ -16,7 +16,8 @@ import torch.nn.functional as F
 __all__ = ['CLIP_MEAN', 'CLIP_STD', 'check_images', 'fit_to', 'read_state_dict', 'check_state_dict', 'ConvBN',
            'ResidualInception', 'Reduction', 'InceptionResnetV1', 'load_facenet', 'arcface_normalisation',
            'ArcFaceONNX', 'QuickGELU', 'SelfAttention', 'ResidualBlock', 'Transformer', 'CLIPVisual',
-           'clip_visual_config', 'load_clip_visual']
+           'clip_visual_config', 'load_clip_visual', 'bytes_to_unicode', 'CLIPTokenizer', 'CLIPText', 'load_clip_text',
+           'clip_text_encoder']
 
 # %% ../nbs/10_adapters.ipynb 5
 def check_images(x, where: str = "images") -> torch.Tensor:
@@ -260,10 +261,10 @@ class QuickGELU(nn.Module):
 
 class SelfAttention(nn.Module):
     "Multi-head self-attention with `nn.MultiheadAttention`'s parameter names (q, k, v stacked in `in_proj_weight`)."
-    def __init__(self, width, heads):
+    def __init__(self, width, heads, causal=False):
         super().__init__()
         if width % heads: raise ValueError(f"width {width} is not divisible by {heads} heads")
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.in_proj_weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(3 * width, width)))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
@@ -271,14 +272,14 @@ class SelfAttention(nn.Module):
         B, N, C = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)          # (B, N, 3C)
         q, k, v = qkv.view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)   # each (B, h, N, C/h)
-        y = F.scaled_dot_product_attention(q, k, v)                         # (B, h, N, C/h)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, h, N, C/h); causal: token i sees 0..i
         return self.out_proj(y.transpose(1, 2).reshape(B, N, C))
 
 class ResidualBlock(nn.Module):
     "Pre-norm transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)); CLIP's `ResidualAttentionBlock`."
-    def __init__(self, width, heads, quick_gelu=True):
+    def __init__(self, width, heads, quick_gelu=True, causal=False):
         super().__init__()
-        self.ln_1, self.attn, self.ln_2 = nn.LayerNorm(width), SelfAttention(width, heads), nn.LayerNorm(width)
+        self.ln_1, self.attn, self.ln_2 = nn.LayerNorm(width), SelfAttention(width, heads, causal), nn.LayerNorm(width)
         self.mlp = nn.Sequential(OrderedDict(c_fc=nn.Linear(width, 4 * width), gelu=QuickGELU() if quick_gelu else nn.GELU(),
                                              c_proj=nn.Linear(4 * width, width)))
     def forward(self, x):
@@ -286,10 +287,10 @@ class ResidualBlock(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 class Transformer(nn.Module):
-    "A stack of `ResidualBlock`s under the name `resblocks`."
-    def __init__(self, width, layers, heads, quick_gelu=True):
+    "A stack of `ResidualBlock`s under the name `resblocks` (`causal`: the text tower's left-to-right mask)."
+    def __init__(self, width, layers, heads, quick_gelu=True, causal=False):
         super().__init__()
-        self.resblocks = nn.ModuleList([ResidualBlock(width, heads, quick_gelu) for _ in range(layers)])
+        self.resblocks = nn.ModuleList([ResidualBlock(width, heads, quick_gelu, causal) for _ in range(layers)])
     def forward(self, x):
         for block in self.resblocks: x = block(x)
         return x
@@ -362,3 +363,112 @@ def load_clip_visual(path,              # OpenAI/open_clip state dict: .pt, .bin
     model = CLIPVisual(**clip_visual_config(sd, str(path)), head_width=head_width, quick_gelu=quick_gelu)
     model.load_state_dict(check_state_dict(model, sd, str(path)), strict=True)
     return model.to(device).eval()
+
+# %% ../nbs/10_adapters.ipynb 36
+import gzip, html, functools
+
+@functools.lru_cache()
+def bytes_to_unicode() -> dict:
+    "CLIP's (and GPT-2's) reversible map from the 256 byte values to printable characters."
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs: bs.append(b); cs.append(256 + n); n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+class CLIPTokenizer:
+    "CLIP's byte-level BPE tokenizer, read from its merges file (`bpe_simple_vocab_16e6.txt.gz`)."
+    SOT, EOT = "<|startoftext|>", "<|endoftext|>"
+    def __init__(self, bpe_path, max_merges=49152 - 256 - 2):
+        import regex
+        path = Path(bpe_path)
+        if not path.is_file(): raise FileNotFoundError(f"no BPE merges file at {path} (CLIP's bpe_simple_vocab_16e6.txt.gz)")
+        try: lines = gzip.open(path).read().decode("utf-8").split("\n")
+        except OSError as e: raise ValueError(f"{path}: not a gzip text file ({e}); expected CLIP's bpe_simple_vocab_16e6.txt.gz") from e
+        merges = [tuple(l.split()) for l in lines[1:max_merges + 1] if l.strip()]   # line 0 is a version header
+        bad = [i + 2 for i, m in enumerate(merges) if len(m) != 2]
+        if bad: raise ValueError(f"{path}: line {bad[0]} is not a merge of two symbols")
+        byte = list(bytes_to_unicode().values())
+        vocab = byte + [v + "</w>" for v in byte] + ["".join(m) for m in merges] + [self.SOT, self.EOT]
+        self.encoder = {v: i for i, v in enumerate(vocab)}
+        self.ranks = {m: i for i, m in enumerate(merges)}
+        self.pattern = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
+        self._cache = {}
+    def __len__(self): return len(self.encoder)
+    def bpe(self, piece: str) -> list:
+        "Merge the characters of one pre-token, lowest-ranked pair first, until no known pair is left."
+        if piece in self._cache: return self._cache[piece]
+        word = list(piece[:-1]) + [piece[-1] + "</w>"]
+        while len(word) > 1:
+            pairs = {(a, b) for a, b in zip(word, word[1:])}
+            best = min(pairs, key=lambda p: self.ranks.get(p, math.inf))
+            if best not in self.ranks: break
+            out, i = [], 0
+            while i < len(word):
+                if i < len(word) - 1 and (word[i], word[i + 1]) == best: out.append(word[i] + word[i + 1]); i += 2
+                else: out.append(word[i]); i += 1
+            word = out
+        self._cache[piece] = word
+        return word
+    def encode(self, text: str) -> list:
+        text = " ".join(html.unescape(html.unescape(text)).split()).strip().lower()
+        byte = bytes_to_unicode(); ids = []
+        for piece in self.pattern.findall(text):
+            ids += [self.encoder[t] for t in self.bpe("".join(byte[b] for b in piece.encode("utf-8")))]
+        return ids
+    def __call__(self, texts, context_length=77) -> torch.Tensor:
+        "Token ids (B, context_length): start, the text, end, zeros; a text that does not fit raises."
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        out = torch.zeros(len(texts), context_length, dtype=torch.long)
+        for i, t in enumerate(texts):
+            ids = [self.encoder[self.SOT]] + self.encode(t) + [self.encoder[self.EOT]]
+            if len(ids) > context_length: raise ValueError(f"text {i} ({t[:40]!r}...) has {len(ids)} tokens, more than the context length {context_length}")
+            out[i, :len(ids)] = torch.tensor(ids)
+        return out
+
+# %% ../nbs/10_adapters.ipynb 37
+class CLIPText(nn.Module):
+    "CLIP's text tower with OpenAI/open_clip parameter names: token ids (B, context) -> (B, output_dim) unit text features."
+    def __init__(self, vocab_size=49408, context_length=77, width=512, layers=12, output_dim=512, head_width=64, quick_gelu=True):
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.positional_embedding = nn.Parameter(0.01 * torch.randn(context_length, width))
+        self.transformer = Transformer(width, layers, width // head_width, quick_gelu, causal=True)
+        self.ln_final = nn.LayerNorm(width)
+        self.text_projection = nn.Parameter(width ** -0.5 * torch.randn(width, output_dim))
+    def features(self, tokens):
+        "CLIP's `encode_text`, before normalisation."
+        if tokens.ndim != 2 or tokens.shape[1] != len(self.positional_embedding):
+            raise ValueError(f"CLIPText: expected token ids (B, {len(self.positional_embedding)}), got {tuple(tokens.shape)}")
+        x = self.transformer(self.token_embedding(tokens) + self.positional_embedding)
+        x = self.ln_final(x)
+        return x[torch.arange(len(x)), tokens.argmax(1)] @ self.text_projection     # at the end-of-text token
+    def forward(self, tokens): return F.normalize(self.features(tokens), dim=1)
+
+_CLIP_EXTRA = ("logit_scale", "input_resolution", "context_length", "vocab_size")   # top-level keys that are not the text tower's
+
+def load_clip_text(path,              # OpenAI/open_clip full CLIP state dict: .pt, .bin or .safetensors
+                   quick_gelu=True,   # as for load_clip_visual
+                   device="cpu",
+                   head_width=64):
+    "Load the text tower of a CLIP checkpoint into `CLIPText` (float32, eval mode)."
+    sd = read_state_dict(path)
+    if any(k.startswith("text_model.") for k in sd):
+        raise ValueError(f"{path}: this is a Hugging Face transformers CLIPModel file (text_model.*), whose names differ; "
+                         "use the OpenAI or open_clip state dict (e.g. open_clip_model.safetensors)")
+    sd = {k: v.float() for k, v in sd.items() if not k.startswith("visual.") and k not in _CLIP_EXTRA}
+    need = ["token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection"]
+    lost = [k for k in need if k not in sd]
+    if lost: raise ValueError(f"{path}: no CLIP text tower: missing {lost}; its keys begin {_names(sd, 8)}")
+    vocab, width = sd["token_embedding.weight"].shape
+    layers = len([k for k in sd if k.startswith("transformer.resblocks.") and k.endswith(".attn.in_proj_weight")])
+    model = CLIPText(vocab, sd["positional_embedding"].shape[0], width, layers, sd["text_projection"].shape[1], head_width, quick_gelu)
+    model.load_state_dict(check_state_dict(model, sd, str(path)), strict=True)
+    return model.to(device).eval()
+
+def clip_text_encoder(model: CLIPText, tokenizer: CLIPTokenizer):
+    "A callable list[str] -> (len, output_dim) unit text features, for `zerodim.ZeroShotAnnotator`."
+    dev = model.text_projection.device
+    def encode(texts):
+        with torch.no_grad(): return model(tokenizer(texts, len(model.positional_embedding)).to(dev)).cpu()
+    return encode
