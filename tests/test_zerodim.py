@@ -1,0 +1,102 @@
+"Method 4 (ZeroDIM): partial labels, the three training stages, annotators, scores, and the experiment end to end."
+from __future__ import annotations
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from disentangle import zerodim as Z
+from disentangle.groundtruth import DSprites
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def sprites():
+    data = DSprites()
+    y = data.sample_factors(192, np.random.default_rng(0))
+    return y, data.observations(y)
+
+
+def small_cfg(**kw):
+    base = dict(factor_names=("scale", "posX", "posY"), factor_sizes=(6, 32, 32), channels=1, reconstruction="bce", batch_size=32,
+                epochs=1, epochs_before_entropy=0, amortization_epochs=1, synthesis_epochs=1, classifier="shared")
+    return Z.ZeroDIMConfig(**{**base, **kw})
+
+
+def test_bad_inputs_name_what_is_wrong(sprites, tmp_path):
+    y, x = sprites
+    with pytest.raises(ValueError, match=r"labels: expected \(192, F\)"): Z.LabeledImages(x, np.zeros((10, 3)))
+    with pytest.raises(ValueError, match=r"images: expected \(N, C, H, W\)"): Z.LabeledImages(x[:, 0], np.zeros((192, 3)))
+    labels = np.full((192, 3), -1); labels[:20] = y[:20, [1, 3, 4]]; labels[3, 0] = 6
+    with pytest.raises(ValueError, match="factor 'scale' has 6 values but a label 6 appears"):
+        Z.train_zerodim(small_cfg(), Z.LabeledImages(x, labels), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="no image has a label"):
+        Z.PairedBatches(Z.LabeledImages(x, np.full((192, 3), -1)), 32)
+    with pytest.raises(ValueError, match="images have 1 channels, the config says 3"):
+        Z.train_zerodim(small_cfg(channels=3), Z.LabeledImages(x, labels.clip(max=5)), tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="n_labels=500 is more than the 192 images"):
+        Z.GroundTruthAnnotator(("a",), (2,), 500)(None, np.zeros((192, 1), int))
+
+
+def test_stages_resume_and_labeled_codes(sprites, tmp_path):
+    "Three stages run; a second call loads every finished stage; labeled images take their table rows in stage 1."
+    y, x = sprites
+    labels = Z.GroundTruthAnnotator(("scale", "posX", "posY"), (6, 32, 32), 48, seed=1)(None, y[:, [1, 3, 4]])
+    data = Z.LabeledImages(x, labels)
+    model = Z.train_zerodim(small_cfg(), data, tmp_path, progress=False, log_every=1)
+    steps = {s: len((tmp_path / s / "log.jsonl").read_text().splitlines()) for s in ("latent", "amortization", "synthesis")}
+    assert steps == {"latent": 6, "amortization": 6, "synthesis": 6}
+    again = Z.train_zerodim(small_cfg(), data, tmp_path, progress=False, log_every=1)
+    assert len((tmp_path / "latent" / "log.jsonl").read_text().splitlines()) == 6
+    with torch.no_grad():
+        torch.testing.assert_close(again.reconstruct(x[:8]), model.reconstruct(x[:8]))
+        row = int(np.flatnonzero((labels >= 0).all(1))[0])
+        out = model.factor_model(x[row:row + 1], torch.as_tensor(labels[row:row + 1]))
+        want = torch.stack([model.factor_model.tables[f][labels[row, f], 0] for f in range(3)])
+        torch.testing.assert_close(out["codes"][0], want)
+        edit = model.manipulate(x[:4], "posX", 31)
+        assert edit.shape == (4, 1, 64, 64) and 0 <= edit.min() and edit.max() <= 1
+        assert not torch.allclose(edit, model.manipulate(x[:4], "posX", 0))
+
+
+def test_semi_vae_supervised_term():
+    cfg = Z.SemiVAEConfig(n_factors=2, num_latent=4, gamma=10.)
+    vae = Z.SemiVAE(cfg, channels=1)
+    x = torch.rand(6, 1, 64, 64); y = torch.tensor([[0, 1], [2, -1], [1, 3]])
+    out = vae.loss(x, x[:3], y, sizes=(3, 4))
+    assert "supervised" in out and torch.isclose(out["loss"], out["reconstruction"] + 4 * out["kl"] + 10 * out["supervised"])
+    assert "supervised" not in Z.SemiVAE(Z.SemiVAEConfig(n_factors=2, num_latent=4, gamma=0.), 1).loss(x, x[:3], y, (3, 4))
+    p = vae.predict(x, (3, 4))
+    assert p.shape == (6, 2) and (p[:, 0] <= 2).all() and (p[:, 1] <= 3).all() and (p >= 0).all()
+
+
+def test_zerodim_experiment_tiny(tmp_path):
+    "The experiment runs end to end on the three data sets with tiny budgets: scores, checks and figures."
+    from disentangle.cli import run_experiment
+    exps = Path(__file__).resolve().parent.parent / "nbs" / "experiments"
+    params = dict(train_size=256, n_labels=64, epochs=1, amortization_epochs=1, synthesis_epochs=1, batch_size=32, baseline_steps=3,
+                  n_eval=200, face_identities=20, face_images_per_identity=4, face_labels=16, threads=1, cache_dir=str(tmp_path / "cache"))
+    run = run_experiment("zerodim", params, out=tmp_path, experiments=exps)
+    m = json.loads((run / "metrics.json").read_text())
+    for name in ("shapes3d", "dsprites"):
+        for model in ("ZeroDIM", "beta-VAE", "semi-supervised VAE"):
+            for k in ("dci_disentanglement", "labeled_accuracy", "residual_leakage", "leakage_above_chance"):
+                assert np.isfinite(m[f"{name}.{model}.{k}"]), (name, model, k)
+    assert 0 <= m["synthfaces.ZeroDIM.labeled_accuracy"] <= 1
+    for n in ("hair_colour", "smile", "glasses"):
+        assert 0 <= m[f"synthfaces_manipulation.{n}.edit_accuracy"] <= 1 and np.isfinite(m[f"synthfaces_manipulation.{n}.identity"])
+    assert "check.shapes3d DCI >= 0.9" in m
+    pngs = {p.name for p in run.glob("*.png")}
+    assert {"translate-shapes3d-floor_hue.png", "translate-dsprites-posX.png", "translate-synthfaces-glasses.png"} <= pngs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_zerodim_trains_on_cuda(sprites, tmp_path):
+    y, x = sprites
+    labels = Z.GroundTruthAnnotator(("scale", "posX", "posY"), (6, 32, 32), 48)(None, y[:, [1, 3, 4]])
+    model = Z.train_zerodim(small_cfg(), Z.LabeledImages(x, labels), tmp_path, device="cuda", progress=False)
+    assert next(model.parameters()).is_cuda
+    with torch.no_grad(): assert model.reconstruct(x[:4].cuda()).shape == (4, 1, 64, 64)
