@@ -377,7 +377,7 @@ def train_semi_vae(cfg: SemiVAEConfig, data: LabeledImages, sizes, device='auto'
         b = batches(step)
         out = model.loss(b['all']['image'].to(device), b['labeled']['image'].to(device), b['labeled']['labels'].to(device), sizes)
         opt.zero_grad(set_to_none=True); out['loss'].backward(); opt.step()
-        if step % 100 == 0 or step == cfg.steps - 1: history.append({'step': step, **{k: float(v) for k, v in out.items()}})
+        if step % 100 == 0 or step == cfg.steps - 1: history.append({'step': step, **{k: float(v.detach()) for k, v in out.items()}})
     return model.eval(), history
 
 # %% ../nbs/14_zerodim.ipynb 33

@@ -78,7 +78,7 @@ def test_zerodim_experiment_tiny(tmp_path):
     from disentangle.cli import run_experiment
     exps = Path(__file__).resolve().parent.parent / "nbs" / "experiments"
     params = dict(train_size=256, n_labels=64, epochs=1, amortization_epochs=1, synthesis_epochs=1, batch_size=32, baseline_steps=3,
-                  n_eval=200, face_identities=20, face_images_per_identity=4, face_labels=16, threads=1, cache_dir=str(tmp_path / "cache"))
+                  n_eval=200, face_identities=20, face_images_per_identity=4, face_labels=16, face_epochs=1, threads=1, cache_dir=str(tmp_path / "cache"))
     run = run_experiment("zerodim", params, out=tmp_path, experiments=exps)
     m = json.loads((run / "metrics.json").read_text())
     for name in ("shapes3d", "dsprites"):
