@@ -148,11 +148,6 @@ class LabeledImages:
     @property
     def labeled(self) -> torch.Tensor: return torch.nonzero((self.labels >= 0).any(1)).squeeze(1)
 
-class _Rows:
-    def __init__(self, data, rows): self.data, self.rows = data, rows
-    def __len__(self): return len(self.rows)
-    def __getitems__(self, idx): return self.data.__getitems__(self.rows[torch.as_tensor(idx)])
-
 class PairedBatches:
     "Stage 1's batches: {'all': a batch of every image, 'labeled': a batch of labeled images}."
     def __init__(self, data: LabeledImages, batch_size, seed=0):
@@ -160,7 +155,7 @@ class PairedBatches:
         rows = data.labeled
         if len(rows) == 0: raise ValueError("LabeledImages: no image has a label; ZeroDIM needs some labels (see the annotators)")
         self.all = ShardedBatches(data, batch_size, seed)
-        self.lab = ShardedBatches(_Rows(data, rows), min(batch_size, len(rows)), seed + 1)
+        self.lab = ShardedBatches(torch.utils.data.Subset(data, rows.tolist()), min(batch_size, len(rows)), seed + 1)   # Subset passes __getitems__ on
     def __call__(self, step, rank=0, world=1): return {'all': self.all(step, rank, world), 'labeled': self.lab(step, rank, world)}
 
 # %% ../nbs/14_zerodim.ipynb 17
