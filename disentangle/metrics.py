@@ -21,9 +21,10 @@ __all__ = ['MS_WEIGHTS', 'DEFAULTS', 'histogram_discretize', 'discrete_mutual_in
            'dci_from_importance', 'GBT', 'gbt_importance', 'dci', 'sap_score_matrix', 'sap', 'modularity_from_mi',
            'logistic_regression', 'roc_auc_ovr', 'modularity_explicitness', 'beta_vae_score', 'factor_vae_votes',
            'factor_vae_score', 'cosine_similarity', 'identity_similarity', 'landmark_nme', 'edit_locality', 'erode',
-           'normals_from_depth', 'side', 'mad', 'labeled_accuracy', 'residual_leakage', 'psnr', 'ssim', 'ms_ssim',
-           'frechet_distance', 'fid', 'kid', 'encode_all', 'sample_codes', 'compute_dci', 'compute_mig', 'compute_sap',
-           'compute_modularity_explicitness', 'compute_beta_vae', 'compute_factor_vae', 'compute_all']
+           'normals_from_depth', 'side', 'mad', 'labeled_accuracy', 'residual_leakage', 'psnr', 'ssim',
+           'ms_ssim_values', 'ms_ssim', 'frechet_distance', 'fid', 'kid', 'encode_all', 'sample_codes', 'compute_dci',
+           'compute_mig', 'compute_sap', 'compute_modularity_explicitness', 'compute_beta_vae', 'compute_factor_vae',
+           'compute_all']
 
 # %% ../nbs/07_metrics.ipynb 5
 def _codes(z, name='z', n=None) -> np.ndarray:
@@ -463,7 +464,7 @@ def _gauss(win=11, sigma=1.5, dtype=torch.float64):
     g = torch.exp(-(torch.arange(win, dtype=dtype) - (win - 1) / 2) ** 2 / (2 * sigma ** 2)); return g / g.sum()
 
 def _ssim_parts(x, y, data_range, win=11, sigma=1.5, k1=0.01, k2=0.03):
-    C = x.shape[1]; g = _gauss(win, sigma)
+    C = x.shape[1]; g = _gauss(win, sigma, x.dtype).to(x.device)
     def blur(t): return F.conv2d(F.conv2d(t, g.view(1, 1, 1, -1).expand(C, 1, 1, win), groups=C), g.view(1, 1, -1, 1).expand(C, 1, win, 1), groups=C)
     mx, my = blur(x), blur(y)
     sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
@@ -479,17 +480,22 @@ def ssim(x, y, data_range=2.0) -> float:
 
 MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
-def ms_ssim(x, y, data_range=2.0) -> dict:
-    "MS-SSIM of image batches (N, C, H, W) over the scales that fit an 11 px window; returns `ms_ssim` and `scales`."
+def ms_ssim_values(x, y, data_range=2.0) -> torch.Tensor:
+    "Per-image MS-SSIM (N,) of image batches (N, C, H, W), differentiable (a loss may use `1 - ms_ssim_values`), in the inputs' dtype."
     if x.shape != y.shape or x.ndim != 4: raise ValueError(f"images must both be (N, C, H, W), got {tuple(x.shape)} and {tuple(y.shape)}")
-    x, y = x.double(), y.double()
     S = sum(1 for s in range(5) if min(x.shape[-2:]) // 2 ** s >= 11)
     if S == 0: raise ValueError(f"images must be at least 11 px for MS-SSIM, got {tuple(x.shape[-2:])}")
-    w = torch.tensor(MS_WEIGHTS[:S], dtype=torch.float64); w = w / w.sum(); out = 1.
+    w = torch.tensor(MS_WEIGHTS[:S], dtype=torch.float64); w = (w / w.sum()).tolist(); out = 1.
     for s in range(S):
         sim, cs = _ssim_parts(x, y, data_range)
-        out = out * (sim if s == S - 1 else cs).clamp(min=0) ** w[s]
+        out = out * (sim if s == S - 1 else cs).clamp(min=1e-8) ** w[s]    # the floor keeps the gradient of the power finite
         if s < S - 1: x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+    return out
+
+def ms_ssim(x, y, data_range=2.0) -> dict:
+    "MS-SSIM of image batches (N, C, H, W) over the scales that fit an 11 px window; returns `ms_ssim` and `scales`."
+    out = ms_ssim_values(torch.as_tensor(x).double(), torch.as_tensor(y).double(), data_range)
+    S = sum(1 for s in range(5) if min(x.shape[-2:]) // 2 ** s >= 11)
     return {'ms_ssim': float(out.mean()), 'scales': S}
 
 # %% ../nbs/07_metrics.ipynb 55
