@@ -1,0 +1,108 @@
+"Method 2 (identity disentanglement by latent mapping): optimiser roles, bad inputs, and the experiment end to end."
+from __future__ import annotations
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from disentangle import idmap as I, perception as P
+from disentangle.stylegan2 import Generator, StyleGAN2Config, export_rosinality, save_generator
+
+torch.set_num_threads(1)
+EXPS = Path(__file__).resolve().parent.parent / "nbs" / "experiments"
+
+
+def small_G(seed=0):
+    torch.manual_seed(seed)
+    return Generator(StyleGAN2Config(size=32, style_dim=32, n_mlp=2, channel_multiplier=0.03125, channel_max=16)).eval()
+
+
+@pytest.fixture(scope="module")
+def world():
+    G, E = small_G(), P.FaceEmbedder(P.EmbedderConfig(width=4, dim=16)).eval()
+    L = P.LandmarkNet(P.LandmarkConfig(width=4, hidden=16)).eval()
+    return G, E, L, I.GeneratedFaces(G, 48, E, L, batch=16, progress=False)
+
+
+def cfg(**kw):
+    return I.IDMapConfig(**{**dict(attr_init="scratch", attr_width=4, mapper_hidden=(32,), d_hidden=(16,), batch_size=4, steps=4, lr=1e-3), **kw})
+
+
+def test_each_optimiser_moves_only_its_networks(world, tmp_path):
+    "D_W learns only when the adversarial loss is on; the no-adversarial ablation leaves it at its initialisation."
+    G, E, L, data = world
+    g_before = [p.clone() for p in G.parameters()]
+    for lam, moved in ((1.0, True), (0.0, False)):
+        c0 = dataclasses.replace(cfg(), w_dim=32, id_dim=16)
+        I.seed_everything(0); I.IDDisentangler(c0, G, E); d0 = I.WDiscriminator(c0).state_dict()   # train_idmap's draws, in order
+        meth_dir = tmp_path / f"gan{lam}"
+        model = I.train_idmap(cfg(lambda_gan=lam), data, G, E, L, out_dir=meth_dir, device="cpu", progress=False, log_every=1)
+        ck = torch.load(sorted(meth_dir.glob("ckpt-*.pt"))[-1], weights_only=True)
+        changed = any(not torch.equal(ck["modules"]["D_W"][k], v) for k, v in d0.items())
+        assert changed == moved
+        rows = [json.loads(l) for l in (meth_dir / "log.jsonl").read_text().splitlines()]
+        assert any("g_adv" in r for r in rows) == moved
+        assert model.E_id.training is False and not any(p.requires_grad for p in model.G.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(g_before, G.parameters()))          # the generator stays frozen
+
+
+def test_bad_inputs_name_what_is_wrong(world, tmp_path):
+    G, E, L, data = world
+    with pytest.raises(ValueError, match="w has 32 dimensions, the config says w_dim=256"): I.IDDisentangler(cfg(), G, E)
+    with pytest.raises(ValueError, match="needs a landmark net"): I.train_idmap(cfg(), data, G, E, None, out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="attr_init must be"): I.AttrEncoder(cfg(attr_init="imagenet"))
+    with pytest.raises(ValueError, match="needs E_attr's backbone to be the factor regressor's"): I.AttrEncoder(cfg(attr_init="factors"))
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"): I.identity_net(tmp_path / "nope.safetensors")
+    I.GeneratedFaces(G, 8, E, L, progress=False, cache=tmp_path / "c.safetensors")
+    with pytest.raises(ValueError, match=r"c.safetensors: made for other settings.*n: cache 8, asked 9"):
+        I.GeneratedFaces(G, 9, E, L, progress=False, cache=tmp_path / "c.safetensors")
+    with pytest.raises(ValueError, match="not an idmap model"): I.load_idmap(save_generator(G, tmp_path / "g.safetensors"), G, E)
+
+
+def test_experiment_with_real_network_formats(tmp_path):
+    "The experiment on stand-ins of what users bring: a rosinality checkpoint, facenet as E_id, an ArcFace ONNX judge."
+    pytest.importorskip("onnxruntime"); pytest.importorskip("onnx")
+    from test_adapters import tiny_arcface
+    from disentangle.adapters import InceptionResnetV1
+    from disentangle.cli import run_experiment
+    export_rosinality(small_G(1), tmp_path / "ffhq-stand-in.pt")
+    torch.manual_seed(0); torch.save(InceptionResnetV1().state_dict(), tmp_path / "facenet.pt")
+    tiny_arcface(tmp_path / "arcface.onnx")
+    params = dict(generator=str(tmp_path / "ffhq-stand-in.pt"), id_net=f"facenet:{tmp_path / 'facenet.pt'}",
+                  judge_net=f"arcface:{tmp_path / 'arcface.onnx'}", landmark_net="", factor_judge_net="", fid_net="",
+                  attr_init="scratch", ablations="no_adversarial", n_train=32, steps=2, batch=4, w_encoder_steps=2, n_eval=8,
+                  n_sequences=1, n_frames=4, threads=1, cache_dir=str(tmp_path / "cache"), train_dir=str(tmp_path / "train"))
+    run = run_experiment("idmap", params, out=tmp_path, experiments=EXPS)
+    m = json.loads((run / "metrics.json").read_text())
+    for name in ("full", "no_adversarial", "baseline_halves", "baseline_layers", "reference_attr_image"):
+        assert -1 <= m[f"{name}.id_similarity"] <= 1
+    assert "full.attribute_error" not in m and "check.id_similarity_beats_baseline_halves" in m
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["config"]["w_dim"] == 32 and info["config"]["id_dim"] == 512 and info["id_net"].startswith("facenet:")
+
+
+def test_experiment_synthfaces_tiny(tmp_path):
+    "The SynthFaces experiment with the bundled generator and nets at a tiny budget: every score, check and figure."
+    from disentangle.cli import run_experiment
+    params = dict(n_train=64, steps=3, batch=8, w_encoder_steps=3, n_eval=32, n_sequences=1, n_frames=6, threads=1,
+                  cache_dir=str(tmp_path / "cache"), train_dir=str(tmp_path / "train"))
+    run = run_experiment("idmap", params, out=tmp_path, experiments=EXPS)
+    m = json.loads((run / "metrics.json").read_text())
+    for name in ("full", "no_adversarial", "no_landmarks", "baseline_halves", "baseline_layers"):
+        for k in ("id_similarity", "attribute_error", "landmark_nme", "fid"): assert np.isfinite(m[f"{name}.{k}"]), (name, k)
+        assert f"check.attribute_error_beats_{name}" in m or name == "full"
+    for k in ("id_similarity_mean", "neighbour_similarity", "jitter_out_px", "jitter_in_px"): assert np.isfinite(m[f"sequence.full.{k}"])
+    assert np.isfinite(m["deidentify.id_similarity"]) and "check.sequence_identity_kept" in m
+    assert {"swap_grid.png", "swap_compare.png", "deidentify.png", "sequence.png", "losses.png"} <= {p.name for p in run.glob("*.png")}
+    for name in ("full", "no_adversarial", "no_landmarks"): assert (run / f"idmap-{name}.safetensors").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_idmap_trains_on_cuda(world, tmp_path):
+    G, E, L, data = world
+    model = I.train_idmap(cfg(), data, G, E, L, out_dir=tmp_path, device="cuda", progress=False)
+    x = data.__getitems__([0, 1])["image"].cuda()
+    with torch.no_grad(): assert model(x, x.flip(0)).is_cuda
