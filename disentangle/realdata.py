@@ -15,11 +15,12 @@ from .synthfaces import CLASSES
 # %% auto 0
 __all__ = ['CELEBA_LANDMARK_NAMES', 'CELEBA_ATTR', 'CELEBA_IDENTITY', 'CELEBA_LANDMARKS', 'CELEBA_PARTITION', 'HQ_ATTR',
            'HQ_MAPPING', 'IMAGE_EXTENSIONS', 'MASK_PARTS', 'MASK_ID', 'CACHE_VERSION', 'CELEBA_ATTRIBUTES',
-           'SPLIT_CODES', 'CELEBA_SIZE', 'DATASETS', 'DataError', 'BadDataWarning', 'Skipped', 'data_error', 'Problems',
-           'TableFormat', 'Table', 'read_table', 'centre_square', 'move_points', 'load_image', 'read_mask',
-           'merge_masks', 'RealConfig', 'RealLoader', 'RealFaces', 'FolderConfig', 'list_images', 'ImageFolder',
-           'FFHQConfig', 'FFHQ', 'CelebAConfig', 'numbered_files', 'optional_table', 'check_rows', 'CelebA',
-           'CelebAMaskHQConfig', 'mask_index', 'CelebAMaskHQ', 'open_dataset']
+           'SPLIT_CODES', 'CELEBA_SIZE', 'DATASETS', 'DATA_CHOICES', 'DATA_KEYS', 'DataError', 'BadDataWarning',
+           'Skipped', 'data_error', 'Problems', 'TableFormat', 'Table', 'read_table', 'centre_square', 'move_points',
+           'load_image', 'read_mask', 'merge_masks', 'RealConfig', 'RealLoader', 'RealFaces', 'FolderConfig',
+           'list_images', 'ImageFolder', 'FFHQConfig', 'FFHQ', 'CelebAConfig', 'numbered_files', 'optional_table',
+           'check_rows', 'CelebA', 'CelebAMaskHQConfig', 'mask_index', 'CelebAMaskHQ', 'open_dataset', 'data_keys',
+           'experiment_data']
 
 # %% ../nbs/03_realdata.ipynb 5
 class DataError(ValueError):
@@ -715,3 +716,41 @@ for _n, _c in (('celeba', CelebA), ('celebamask_hq', CelebAMaskHQ), ('ffhq', FFH
 def open_dataset(name: str, root, **kw) -> RealFaces:
     "The real data set `name` ('celeba', 'celebamask_hq', 'ffhq', 'folder') at `root`; `kw` are its config's fields."
     return DATASETS[name](root, **kw)
+
+# %% ../nbs/03_realdata.ipynb 88
+DATA_CHOICES = ('synthfaces', 'celeba', 'celebamask_hq', 'ffhq', 'folder')
+DATA_KEYS = {'synthfaces': ('image', 'mask', 'landmarks', 'identity', 'factors')}
+
+def data_keys(ds) -> tuple:
+    "The batch keys a data set of `experiment_data` yields."
+    ds = getattr(ds, 'dataset', ds)
+    if not isinstance(ds, RealFaces): return DATA_KEYS['synthfaces']
+    return ('image',) + ('mask',) * ds.has_mask + tuple(k for k in ('landmarks', 'identity', 'attributes') if k in ds.meta)
+
+def experiment_data(data='synthfaces', data_root='', split='train', size=64, cache_dir=None, need=(), holdout=0.1,
+                    synthfaces=None, **kw):
+    """The `split` ('train' or 'test') of the data set named by an experiment's `data` / `data_root` parameters.
+    `synthfaces`: keyword arguments of `SynthFaces` (n_identities, images_per_identity, seed); `kw`: the real set's config."""
+    from disentangle.synthfaces import SynthFaces
+    if data not in DATA_CHOICES: raise ValueError(f"data must be one of {DATA_CHOICES}, got {data!r}")
+    if split not in ('train', 'test'): raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if data == 'synthfaces':
+        if data_root: raise ValueError(f"data_root={data_root!r} is for a real data set; SynthFaces is rendered (set data=)")
+        ds = SynthFaces(size=size, split=split, cache_dir=cache_dir, **(synthfaces or {}))
+    else:
+        if not data_root: raise ValueError(f"data={data!r} needs data_root, the folder of its official layout")
+        if not Path(data_root).is_dir(): raise FileNotFoundError(f"data_root {str(data_root)!r} (data={data!r}) is not a folder")
+        cls = DATASETS[data]
+        own = {'train': 'train', 'test': 'test' if 'test' in cls.SPLITS else 'valid'}[split]
+        if data == 'celebamask_hq' and not kw.get('celeba_root'): own = None
+        if own is not None and own in cls.SPLITS:
+            ds = open_dataset(data, data_root, size=size, split=own, cache_dir=cache_dir, **kw)
+        else:
+            full = open_dataset(data, data_root, size=size, split='all', cache_dir=cache_dir, **kw)
+            cut = len(full) - int(round(holdout * len(full)))
+            ds = torch.utils.data.Subset(full, range(cut) if split == 'train' else range(cut, len(full)))
+    have = data_keys(ds)
+    missing = [k for k in need if k not in have]
+    if missing: raise ValueError(f"data={data!r} ({data_root or 'rendered'}) has no {missing}, which this experiment needs; it has {list(have)}")
+    if not len(ds): raise ValueError(f"data={data!r} ({data_root}): the {split!r} split is empty")
+    return ds

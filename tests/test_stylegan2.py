@@ -3,6 +3,7 @@ from __future__ import annotations
 import json, pickle, subprocess, sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,3 +111,21 @@ def test_train_stylegan2_tiny(tmp_path):
     run2 = run_experiment("train_stylegan2", {**p, "kimg": 0.096}, out=tmp_path / "b", experiments=exps)   # resumes at step 8
     assert json.loads((run2 / "metrics.json").read_text())["steps"] == 12
     assert json.loads((tmp_path / "train" / "log.jsonl").read_text().splitlines()[-1])["step"] == 12
+
+
+def test_train_stylegan2_on_a_real_layout(tmp_path):
+    "data=/data_root= train on a real data set's training split (tiny CelebA in its official layout) and hold out its test split."
+    from test_realdata import write_celeba
+    from disentangle.cli import run_experiment
+    exps = Path(__file__).resolve().parent.parent / "nbs" / "experiments"
+    root = write_celeba(tmp_path / "celeba", n=10, parts=(0,) * 6 + (2,) * 4)
+    p = dict(data="celeba", data_root=str(root), size=32, kimg=0.016, batch=4, channel_max=16, style_dim=32, n_mlp=2,
+             fid_n=4, ckpt_every=4, train_dir=str(tmp_path / "train"), cache_dir=str(tmp_path / "cache"), out_name="g-celeba")
+    run = run_experiment("train_stylegan2", p, out=tmp_path / "a", experiments=exps)
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["steps"] == 4 and m["fid_n"] == 4 and np.isfinite(m["fid_in_domain"])
+    assert json.loads((run / "run_info.json").read_text())["data"] == "celeba"
+    assert load_generator(run / "g-celeba.safetensors").cfg.size == 32
+    assert any((tmp_path / "cache").iterdir())                 # the resized CelebA images were cached
+    with pytest.raises(Exception, match="needs data_root"):
+        run_experiment("train_stylegan2", {**p, "data_root": ""}, out=tmp_path / "b", experiments=exps)
