@@ -35,6 +35,7 @@ class IDMapConfig:
     attr_res: int = 64                 # E_attr sees images resized to this
     attr_init: str = 'factors'         # 'factors': start from the bundled factor regressor's body (our ImageNet); 'scratch'
     mapper_hidden: tuple = (1024, 512, 256)
+    w_standardised: bool = True        # M outputs w_mean + w_std * MLP(...) with G's W statistics (False: raw w, as official)
     d_hidden: tuple = (256, 128, 64)   # D_W, as official
     lr: float = 5e-5                   # official at 256 px
     lr_adv_scale: float = 0.1          # the adversarial optimiser of E_attr and M
@@ -129,10 +130,18 @@ def mlp(sizes, slope=0.2):
     return nn.Sequential(*layers)
 
 class Mapper(nn.Module):
-    "M: [z_id, z_attr] (B, id_dim + attr_dim) -> w (B, w_dim)."
+    "M: [z_id, z_attr] (B, id_dim + attr_dim) -> w (B, w_dim) = w_mean + w_std * MLP (both 0 / 1 until `set_w_stats`)."
     def __init__(self, cfg: IDMapConfig, attr_dim: int):
         super().__init__(); self.net = mlp((cfg.id_dim + attr_dim, *cfg.mapper_hidden, cfg.w_dim))
-    def forward(self, z_id, z_attr): return self.net(torch.cat([z_id, z_attr], 1))
+        self.register_buffer('w_mean', torch.zeros(cfg.w_dim)); self.register_buffer('w_std', torch.ones(cfg.w_dim))
+    @torch.no_grad()
+    def set_w_stats(self, G, n=10_000, seed=0):
+        "Standardise the output with the mean and per-dimension spread of G's own w."
+        z = torch.randn(n, G.cfg.style_dim, generator=torch.Generator().manual_seed(seed)).to(self.w_mean.device)
+        w = torch.cat([G.mapping(c).float() for c in z.split(1000)])
+        self.w_mean.copy_(w.mean(0)); self.w_std.copy_(w.std(0).clamp_min(1e-3))
+        return self
+    def forward(self, z_id, z_attr): return self.w_mean + self.w_std * self.net(torch.cat([z_id, z_attr], 1))
 
 class WDiscriminator(nn.Module):
     "D_W: w (B, w_dim) -> logits (B,)."
@@ -148,6 +157,7 @@ class IDDisentangler(nn.Module):
         if G.cfg.style_dim != cfg.w_dim: raise ValueError(f"the generator's w has {G.cfg.style_dim} dimensions, the config says w_dim={cfg.w_dim}")
         self.G, self.E_id = G.eval().requires_grad_(False), E_id.eval().requires_grad_(False)
         self.E_attr = AttrEncoder(cfg); self.M = Mapper(cfg, self.E_attr.dim)
+        if cfg.w_standardised: self.M.to(next(G.parameters()).device).set_w_stats(G)
     def train(self, mode=True):
         super().train(mode); self.G.eval(); self.E_id.eval(); return self
     def identity(self, x):

@@ -331,7 +331,8 @@ def target_masks(recipient_factors, donor_factors, regions='paper', size=64, chu
 def evaluate_swaps(sw: Swapper, recipients: dict, donors: dict, regressor, regions='paper', dilation=0, scored=None, chunk=256, targets=None) -> dict:
     """Swap each region from donors into recipients (batch dicts with image, mask, factors); metrics and the swapped images.
     `scored`: the factor indices the transfer R^2 reads (default all). `targets`: region name -> class masks (N,H,W) of
-    the faces each swap should produce (`target_masks`); without them locality uses the donors' masks."""
+    the faces each swap should produce (`target_masks`); without them locality uses the donors' masks. Real faces have
+    no factors: with `regressor=None` (or no 'factors' in the dicts) only locality, PSNR and SSIM are measured."""
     enc = lambda x: torch.cat([sw.encode(x[i:i + chunk]) for i in range(0, len(x), chunk)])
     dec = lambda c: torch.cat([sw.decode(c[i:i + chunk]) for i in range(0, len(c), chunk)])
     cr, cd = enc(recipients['image']), enc(donors['image'])
@@ -340,21 +341,23 @@ def evaluate_swaps(sw: Swapper, recipients: dict, donors: dict, regressor, regio
     pos = {j: i for i, j in enumerate(scored)}
     groups = {n: [pos[j] for j in v if j in pos] for n, v in factor_groups(regions).items()}   # columns among the scored
     out = {'psnr': metrics.psnr(rec, recipients['image']), 'ssim': metrics.ssim(rec, recipients['image'])}
-    fr, fd = recipients['factors'][:, scored], donors['factors'][:, scored]
-    r2_rec = r2_scores(predict(regressor, rec)[:, scored], fr)
-    out['r2_reconstruction'] = float(r2_rec.mean())
+    judged = regressor is not None and 'factors' in recipients and 'factors' in donors
+    if judged:
+        fr, fd = recipients['factors'][:, scored], donors['factors'][:, scored]
+        out['r2_reconstruction'] = float(r2_scores(predict(regressor, rec)[:, scored], fr).mean())
     donor_r2, kept_r2, swapped = [], [], {}
     for k, name in enumerate(sw.names):
         x = dec(swap_codes(cr, cd, sw.groups[k])); swapped[name] = x
         after = targets[name] if targets is not None else donors['mask']
         loc = swap_locality(rec, x, recipients['mask'], after, k, regions, dilation) if (x != rec).any() else float('nan')
-        t = transfer_r2(predict(regressor, x)[:, scored], fd, fr, groups[name])
         out[f'{name}.locality'] = loc
+        if not judged: continue
+        t = transfer_r2(predict(regressor, x)[:, scored], fd, fr, groups[name])
         out[f'{name}.donor_r2'] = float(t['donor'].mean()) if len(t['donor']) else float('nan')
         out[f'{name}.kept_r2'] = float(t['kept'].mean())
         donor_r2.append(out[f'{name}.donor_r2']); kept_r2.append(out[f'{name}.kept_r2'])
     out['locality'] = float(np.nanmean([out[f'{n}.locality'] for n in sw.names]))
-    out['donor_r2'], out['kept_r2'] = float(np.nanmean(donor_r2)), float(np.nanmean(kept_r2))
+    if judged: out['donor_r2'], out['kept_r2'] = float(np.nanmean(donor_r2)), float(np.nanmean(kept_r2))
     return out, swapped, rec
 
 @torch.no_grad()

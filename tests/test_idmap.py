@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from disentangle import idmap as I, perception as P
 from disentangle.stylegan2 import Generator, StyleGAN2Config, export_rosinality, save_generator
@@ -71,16 +72,22 @@ def test_experiment_with_real_network_formats(tmp_path):
     export_rosinality(small_G(1), tmp_path / "ffhq-stand-in.pt")
     torch.manual_seed(0); torch.save(InceptionResnetV1().state_dict(), tmp_path / "facenet.pt")
     tiny_arcface(tmp_path / "arcface.onnx")
-    params = dict(generator=str(tmp_path / "ffhq-stand-in.pt"), id_net=f"facenet:{tmp_path / 'facenet.pt'}",
+    ffhq = tmp_path / "ffhq"                       # FFHQ's layout: validation photos 60000-69999 are the held-out pairs
+    for k in list(range(4)) + list(range(60000, 60010)):
+        d = ffhq / "thumbnails128x128" / f"{k // 1000 * 1000:05d}"; d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.default_rng(k).integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(d / f"{k:05d}.png")
+    params = dict(data="ffhq", data_root=str(ffhq), generator=str(tmp_path / "ffhq-stand-in.pt"), id_net=f"facenet:{tmp_path / 'facenet.pt'}",
                   judge_net=f"arcface:{tmp_path / 'arcface.onnx'}", landmark_net="", factor_judge_net="", fid_net="",
                   attr_init="scratch", ablations="no_adversarial", n_train=32, steps=2, batch=4, w_encoder_steps=2, n_eval=8,
-                  n_sequences=1, n_frames=4, threads=1, cache_dir=str(tmp_path / "cache"), train_dir=str(tmp_path / "train"))
+                  n_sequences=0, n_frames=4, threads=1, cache_dir=str(tmp_path / "cache"), train_dir=str(tmp_path / "train"))
     run = run_experiment("idmap", params, out=tmp_path, experiments=EXPS)
     m = json.loads((run / "metrics.json").read_text())
     for name in ("full", "no_adversarial", "baseline_halves", "baseline_layers", "reference_attr_image"):
         assert -1 <= m[f"{name}.id_similarity"] <= 1
     assert "full.attribute_error" not in m and "check.id_similarity_beats_baseline_halves" in m
+    assert "sequence.frames_neighbour_similarity" not in m and not (run / "sequence.png").exists()
     info = json.loads((run / "run_info.json").read_text())
+    assert info["data"] == "ffhq" and (tmp_path / "cache" / "ffhq").is_dir()
     assert info["config"]["w_dim"] == 32 and info["config"]["id_dim"] == 512 and info["id_net"].startswith("facenet:")
 
 

@@ -114,3 +114,43 @@ def test_subspaces_experiment_tiny(tmp_path):
     assert m["renderer.locality"] > 0.95 and m["renderer.kept_r2"] > m["subspaces.kept_r2"]   # the ceiling, even on 16 faces
     assert all(f"accept.{k}.threshold" in m for k in ("locality", "donor_r2", "kept_r2"))
     assert {p.name for p in run.glob("*.png")} >= {"swaps-subspaces.png", "swaps-renderer.png", "interpolation.png", "masks.png", "losses.png"}
+
+
+def synthfaces_as_celebamask_hq(root: Path, n=20):
+    "SynthFaces renders written in CelebAMask-HQ's official layout: 1024 px JPEGs, one 512 px PNG per part, attribute file."
+    from PIL import Image
+    from disentangle.synthfaces import CLASSES, render
+    r = render(n, size=64, seed=3)
+    (root / "CelebA-HQ-img").mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        im = ((r["image"][k].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        Image.fromarray(im).resize((1024, 1024), Image.NEAREST).save(root / "CelebA-HQ-img" / f"{k}.jpg", quality=90)
+        d = root / "CelebAMask-HQ-mask-anno" / str(k // 2000); d.mkdir(parents=True, exist_ok=True)
+        m = r["mask"][k].numpy()
+        for c in np.unique(m):
+            if c: Image.fromarray(((m == c) * 255).astype(np.uint8)).resize((512, 512), Image.NEAREST).save(d / f"{k:05d}_{CLASSES[c]}.png")
+    rows = [f"{k}.jpg  " + " ".join("1" if (j + k) % 3 == 0 else "-1" for j in range(40)) for k in range(n)]
+    names = " ".join(f"attr{j}" for j in range(40))
+    (root / "CelebAMask-HQ-attribute-anno.txt").write_text(f"{n}\n{names}\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def test_subspaces_experiment_on_celebamask_hq_layout(tmp_path):
+    "data=celebamask_hq trains on the photos and their part masks and scores what needs no factors; sets without masks are refused."
+    from disentangle.cli import run_experiment, RunFailed
+    exps = Path(__file__).resolve().parent.parent / "nbs" / "experiments"
+    root = synthfaces_as_celebamask_hq(tmp_path / "CelebAMask-HQ")
+    params = dict(data="celebamask_hq", data_root=str(root), steps=4, batch=8, n_codes=16, cache_dir=str(tmp_path / "cache"))
+    run = run_experiment("subspaces", params, out=tmp_path / "a", experiments=exps)
+    m = json.loads((run / "metrics.json").read_text())
+    for name in ("subspaces", "no_mask", "no_independence"):
+        assert 0 <= m[f"{name}.locality"] <= 1 and np.isfinite(m[f"{name}.psnr"]) and np.isfinite(m[f"{name}.fid_swapped"]), name
+        assert f"{name}.donor_r2" not in m, name
+    assert "beta_vae.locality" not in m and "renderer.locality" not in m and "accept.locality.threshold" in m
+    assert {"swaps-subspaces.png", "masks.png", "interpolation.png"} <= {p.name for p in run.glob("*.png")}
+    from PIL import Image
+    for k in (0, 60000):                                   # FFHQ: photos, no masks
+        d = tmp_path / "ffhq" / "thumbnails128x128" / f"{k // 1000 * 1000:05d}"; d.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (128, 128), (90, 90, 90)).save(d / f"{k:05d}.png")
+    with pytest.raises(RunFailed, match=r"has no \['mask'\]"):
+        run_experiment("subspaces", {**params, "data": "ffhq", "data_root": str(tmp_path / "ffhq")}, out=tmp_path / "b", experiments=exps)
