@@ -100,3 +100,50 @@ def test_zerodim_trains_on_cuda(sprites, tmp_path):
     model = Z.train_zerodim(small_cfg(), Z.LabeledImages(x, labels), tmp_path, device="cuda", progress=False)
     assert next(model.parameters()).is_cuda
     with torch.no_grad(): assert model.reconstruct(x[:4].cuda()).shape == (4, 1, 64, 64)
+
+
+def synthfaces_as_celeba(root: Path, n=60):
+    """SynthFaces renders in CelebA's official layout: img_align_celeba/%06d.jpg (178x218) and the four text files,
+    with Smiling and Eyeglasses set from the faces' own smile and glasses factors (the other 38 attributes -1)."""
+    from PIL import Image
+    from disentangle import realdata as rd, synthfaces as sf
+    r = sf.render(n, size=128, seed=5)
+    (root / "img_align_celeba").mkdir(parents=True, exist_ok=True)
+    smile, glasses = r["factors"][:, sf.FI["smile"]], r["factors"][:, sf.FI["glasses"]]
+    attr, ident, lms, part = [], [], [], []
+    for k in range(n):
+        im = ((r["image"][k].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        canvas = np.full((218, 178, 3), 128, np.uint8); canvas[45:173, 25:153] = im
+        name = f"{k + 1:06d}.jpg"
+        Image.fromarray(canvas).save(root / "img_align_celeba" / name, quality=95)
+        a = -np.ones(40, int)
+        a[rd.CELEBA_ATTRIBUTES.index("Smiling")] = 1 if smile[k] > smile.median() else -1
+        a[rd.CELEBA_ATTRIBUTES.index("Eyeglasses")] = 1 if glasses[k] > 0.5 else -1
+        attr.append(f"{name} " + " ".join(f"{v:2d}" for v in a))
+        ident.append(f"{name} {k}")
+        lms.append(name + "".join(f"{v:6d}" for v in (70, 110, 108, 110, 89, 130, 72, 150, 106, 150)))
+        part.append(f"{name} {0 if k < n * 2 // 3 else 2}")
+    (root / "list_attr_celeba.txt").write_text(f"{n}\n{' '.join(rd.CELEBA_ATTRIBUTES)}\n" + "\n".join(attr) + "\n")
+    (root / "identity_CelebA.txt").write_text("\n".join(ident) + "\n")
+    (root / "list_landmarks_align_celeba.txt").write_text(f"{n}\n{' '.join(rd.CELEBA_LANDMARK_NAMES)}\n" + "\n".join(lms) + "\n")
+    (root / "list_eval_partition.txt").write_text("\n".join(part) + "\n")
+    return root
+
+
+def test_zerodim_experiment_on_celeba_layout(tmp_path):
+    "data=celeba: the face part learns CelebA attributes named in face_factors from a few of its labels; bad names are refused."
+    from disentangle.cli import run_experiment, RunFailed
+    exps = Path(__file__).resolve().parent.parent / "nbs" / "experiments"
+    root = synthfaces_as_celeba(tmp_path / "celeba")
+    params = dict(datasets="synthfaces", data="celeba", data_root=str(root), face_factors="Smiling:2,Eyeglasses:2", face_labels=16,
+                  face_epochs=1, batch_size=16, n_eval=20, threads=1, cache_dir=str(tmp_path / "cache"))
+    run = run_experiment("zerodim", params, out=tmp_path / "a", experiments=exps)
+    m = json.loads((run / "metrics.json").read_text())
+    for k in ("dci_disentanglement", "labeled_accuracy", "leakage_above_chance", "accuracy_Smiling", "accuracy_Eyeglasses"):
+        assert np.isfinite(m[f"celeba.ZeroDIM.{k}"]), k
+    assert not any(k.startswith("synthfaces") for k in m)
+    assert {"translate-celeba-Smiling.png", "translate-celeba-Eyeglasses.png"} <= {p.name for p in run.glob("*.png")}
+    with pytest.raises(RunFailed, match=r"has no attribute\(s\) \['Smile'\]"):
+        run_experiment("zerodim", {**params, "face_factors": "Smile:2"}, out=tmp_path / "b", experiments=exps)
+    with pytest.raises(RunFailed, match="binary"):
+        run_experiment("zerodim", {**params, "face_factors": "Smiling:3"}, out=tmp_path / "c", experiments=exps)
