@@ -42,3 +42,17 @@ def test_reproduce_tiny(tmp_path):
     assert -1 <= m["idmap.method.id_similarity"] <= 1 and np.isfinite(m["idmap.baseline.landmark_nme"])
     assert {p.name for p in run.glob("*.png")} >= {"faces.png", "traversals.png", "masks.png", "photogeometry.png", "sequence.png",
                                                     "zerodim_object_hue.png", "idmap_swaps.png"}
+
+
+def test_baselines_on_a_folder_of_photos(tmp_path):
+    "data=folder: the face entry trains on the photos (no factors, so no scores), with reconstructions and traversals."
+    from PIL import Image
+    photos = tmp_path / "photos" / "nested"; photos.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for k in range(30): Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(photos / f"{k:03d}.png")
+    run = run_experiment("baselines", dict(datasets="synthfaces", models="ae,beta_vae", data="folder", data_root=str(tmp_path / "photos"),
+                                           steps=3, pool=16), out=tmp_path, experiments=EXPS)
+    m = json.loads((run / "metrics.json").read_text())
+    assert np.isfinite(m["folder.ae.final_loss"]) and np.isfinite(m["folder.beta_vae.final_reconstruction"])
+    assert not any("dci" in k or k.startswith("synthfaces") for k in m)
+    assert (run / "traversals-folder-beta_vae.png").exists() and (run / "folder-ae.safetensors").exists()
