@@ -232,8 +232,11 @@ def _batches(data, batch_size, seed):
         epoch += 1
 
 def identity_classes(data):
-    "Sorted identity ids of a SynthFaces split (K,): class k is identity `ids[k]`."
-    return torch.from_numpy(np.unique(data.identity_ids[data.index // data.ipi]))
+    "Sorted identity ids (K,) of a SynthFaces split or a real set with identities (`meta['identity']`): class k is `ids[k]`."
+    if hasattr(data, 'identity_ids'): return torch.from_numpy(np.unique(data.identity_ids[data.index // data.ipi]))
+    meta = getattr(data, 'meta', {})
+    if 'identity' not in meta: raise ValueError(f"{data!r} has no identities: a face embedder trains on identity labels")
+    return torch.from_numpy(np.unique(np.asarray(meta['identity'], dtype=np.int64)))
 
 LOSSES = Registry('perception loss')
 

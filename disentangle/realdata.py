@@ -19,8 +19,8 @@ __all__ = ['CELEBA_LANDMARK_NAMES', 'CELEBA_ATTR', 'CELEBA_IDENTITY', 'CELEBA_LA
            'Skipped', 'data_error', 'Problems', 'TableFormat', 'Table', 'read_table', 'centre_square', 'move_points',
            'load_image', 'read_mask', 'merge_masks', 'RealConfig', 'RealLoader', 'RealFaces', 'FolderConfig',
            'list_images', 'ImageFolder', 'FFHQConfig', 'FFHQ', 'CelebAConfig', 'numbered_files', 'optional_table',
-           'check_rows', 'CelebA', 'CelebAMaskHQConfig', 'mask_index', 'CelebAMaskHQ', 'open_dataset', 'data_keys',
-           'experiment_data']
+           'check_rows', 'CelebA', 'CelebAMaskHQConfig', 'mask_index', 'CelebAMaskHQ', 'open_dataset', 'RealSubset',
+           'data_keys', 'experiment_data']
 
 # %% ../nbs/03_realdata.ipynb 5
 class DataError(ValueError):
@@ -719,6 +719,25 @@ def open_dataset(name: str, root, **kw) -> RealFaces:
 
 # %% ../nbs/03_realdata.ipynb 88
 DATA_CHOICES = ('synthfaces', 'celeba', 'celebamask_hq', 'ffhq', 'folder')
+
+class RealSubset(torch.utils.data.Subset):
+    "Some items of a real data set, keeping its interface: batches, `loader`, `meta`, `has_mask`, `attribute_names`, `skipped`."
+    def __init__(self, dataset: RealFaces, indices):
+        super().__init__(dataset, np.asarray(indices, dtype=np.int64))
+        self.name, self.cfg, self.size = dataset.name, dataset.cfg, dataset.size
+    @property
+    def meta(self) -> dict: return {k: v[self.indices] for k, v in self.dataset.meta.items()}
+    @property
+    def has_mask(self) -> bool: return self.dataset.has_mask
+    @property
+    def attribute_names(self): return self.dataset.attribute_names
+    @property
+    def skipped(self) -> list: return self.dataset.skipped
+    def _report(self, items): self.dataset._report(items)
+    def path(self, i) -> Path: return self.dataset.path(int(self.indices[i]))
+    def loader(self, batch_size=64, shuffle=True, seed=0, num_workers=0, drop_last=False, **kw) -> RealLoader:
+        return RealLoader(self, batch_size=batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers, drop_last=drop_last, **kw)
+    def __repr__(self): return f"RealSubset({self.dataset!r}, {len(self)} items)"
 DATA_KEYS = {'synthfaces': ('image', 'mask', 'landmarks', 'identity', 'factors')}
 
 def data_keys(ds) -> tuple:
@@ -730,7 +749,8 @@ def data_keys(ds) -> tuple:
 def experiment_data(data='synthfaces', data_root='', split='train', size=64, cache_dir=None, need=(), holdout=0.1,
                     synthfaces=None, **kw):
     """The `split` ('train' or 'test') of the data set named by an experiment's `data` / `data_root` parameters.
-    `synthfaces`: keyword arguments of `SynthFaces` (n_identities, images_per_identity, seed); `kw`: the real set's config."""
+    `synthfaces`: keyword arguments of `SynthFaces` (n_identities, images_per_identity, seed); `kw`: the real set's
+    config (`limit` keeps the first images of the split)."""
     from disentangle.synthfaces import SynthFaces
     if data not in DATA_CHOICES: raise ValueError(f"data must be one of {DATA_CHOICES}, got {data!r}")
     if split not in ('train', 'test'): raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -745,10 +765,11 @@ def experiment_data(data='synthfaces', data_root='', split='train', size=64, cac
         if data == 'celebamask_hq' and not kw.get('celeba_root'): own = None
         if own is not None and own in cls.SPLITS:
             ds = open_dataset(data, data_root, size=size, split=own, cache_dir=cache_dir, **kw)
-        else:
+        else:                                  # the cut is made on the whole set, `limit` within the part
+            limit = kw.pop('limit', None)
             full = open_dataset(data, data_root, size=size, split='all', cache_dir=cache_dir, **kw)
             cut = len(full) - int(round(holdout * len(full)))
-            ds = torch.utils.data.Subset(full, range(cut) if split == 'train' else range(cut, len(full)))
+            ds = RealSubset(full, list(range(cut) if split == 'train' else range(cut, len(full)))[:limit])
     have = data_keys(ds)
     missing = [k for k in need if k not in have]
     if missing: raise ValueError(f"data={data!r} ({data_root or 'rendered'}) has no {missing}, which this experiment needs; it has {list(have)}")

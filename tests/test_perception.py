@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,3 +72,22 @@ def test_load_pretrained_errors(tmp_path):
     t, meta = load_tensors(P.ASSETS / "landmarks.safetensors"); meta["config"]["hidden"] += 1
     save_tensors(tmp_path / "wrong.safetensors", t, meta)
     with pytest.raises(ValueError, match="wrong.safetensors: weights do not match"): P.load_pretrained(tmp_path / "wrong.safetensors")
+
+
+def test_train_perception_on_celeba_layout(tmp_path):
+    "data=celeba trains the embedders on its identities and the landmark net on its landmarks; nets it cannot teach, and bundling, are refused."
+    from test_zerodim import synthfaces_as_celeba
+    from disentangle.cli import RunFailed
+    root = synthfaces_as_celeba(tmp_path / "celeba")
+    params = dict(data="celeba", data_root=str(root), nets="id_train,id_judge,landmarks", batch_size=8, id_train_steps=3, id_judge_steps=3,
+                  landmark_steps=3, width=4, cache_dir=str(tmp_path / "cache"))
+    run = run_experiment("train_perception", params, out=tmp_path / "a", experiments=EXPS)
+    m = json.loads((run / "metrics.json").read_text())
+    for name in ("id_train", "id_judge"):
+        assert 0 <= m[f"{name}.tar_far1e-03"] <= 1 and not any(k.startswith(f"{name}.invariance") for k in m)
+    assert 0 < m["landmarks.nme"] and np.isfinite(m["landmarks.mean_px"])
+    assert P.load_pretrained(run / "landmarks.safetensors").info["recipe"]["data"]["data"] == "celeba"
+    with pytest.raises(RunFailed, match=r"has no \['mask'\] to train \['parser'\].*set nets=id_train,id_judge,landmarks"):
+        run_experiment("train_perception", {**params, "nets": "parser"}, out=tmp_path / "b", experiments=EXPS)
+    with pytest.raises(RunFailed, match="bundle=True is for the SynthFaces nets"):
+        run_experiment("train_perception", {**params, "bundle": True}, out=tmp_path / "c", experiments=EXPS)

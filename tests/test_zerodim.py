@@ -120,7 +120,7 @@ def synthfaces_as_celeba(root: Path, n=60):
         a[rd.CELEBA_ATTRIBUTES.index("Smiling")] = 1 if smile[k] > smile.median() else -1
         a[rd.CELEBA_ATTRIBUTES.index("Eyeglasses")] = 1 if glasses[k] > 0.5 else -1
         attr.append(f"{name} " + " ".join(f"{v:2d}" for v in a))
-        ident.append(f"{name} {k}")
+        ident.append(f"{name} {k // 4}")                      # four photos a person, split on a person boundary
         lms.append(name + "".join(f"{v:6d}" for v in (70, 110, 108, 110, 89, 130, 72, 150, 106, 150)))
         part.append(f"{name} {0 if k < n * 2 // 3 else 2}")
     (root / "list_attr_celeba.txt").write_text(f"{n}\n{' '.join(rd.CELEBA_ATTRIBUTES)}\n" + "\n".join(attr) + "\n")
