@@ -56,3 +56,17 @@ def test_baselines_on_a_folder_of_photos(tmp_path):
     assert np.isfinite(m["folder.ae.final_loss"]) and np.isfinite(m["folder.beta_vae.final_reconstruction"])
     assert not any("dci" in k or k.startswith("synthfaces") for k in m)
     assert (run / "traversals-folder-beta_vae.png").exists() and (run / "folder-ae.safetensors").exists()
+
+
+def test_every_experiment_takes_data_and_data_root():
+    "Real data reaches every experiment the same way (the SynthFaces tour `reproduce` aside): `data` defaults to SynthFaces."
+    from disentangle.cli import list_experiments
+    from disentangle.realdata import DATA_CHOICES
+    exps = list_experiments(EXPS)
+    assert len(exps) >= 7
+    for name, info in exps.items():
+        if name == "reproduce": continue
+        params = info["parameters"]
+        assert "data" in params and "data_root" in params, name
+        assert params["data"]["default"] == "synthfaces" and params["data_root"]["default"] == "", name
+    assert DATA_CHOICES[0] == "synthfaces"
