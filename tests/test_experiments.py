@@ -59,14 +59,26 @@ def test_baselines_on_a_folder_of_photos(tmp_path):
 
 
 def test_every_experiment_takes_data_and_data_root():
-    "Real data reaches every experiment the same way (the SynthFaces tour `reproduce` aside): `data` defaults to SynthFaces."
+    "Real data reaches every experiment the same way: `data` (SynthFaces by default) and `data_root`."
     from disentangle.cli import list_experiments
     from disentangle.realdata import DATA_CHOICES
     exps = list_experiments(EXPS)
     assert len(exps) >= 7
     for name, info in exps.items():
-        if name == "reproduce": continue
         params = info["parameters"]
         assert "data" in params and "data_root" in params, name
         assert params["data"]["default"] == "synthfaces" and params["data_root"]["default"] == "", name
     assert DATA_CHOICES[0] == "synthfaces"
+
+
+def test_reproduce_tours_a_real_set(tmp_path):
+    "data=celebamask_hq: the tour shows the set's photos with their masks and trains method 1 on them."
+    from test_subspaces import synthfaces_as_celebamask_hq
+    root = synthfaces_as_celebamask_hq(tmp_path / "hq", n=20)
+    run = run_experiment("reproduce", dict(data="celebamask_hq", data_root=str(root), size=32, n_grid=8, n_steps=3, n_frames=4, baseline_steps=2,
+                                           baseline_metric_scale=0.002, subspaces_steps=2, zerodim_epochs=1, idmap_steps=2),
+                         out=tmp_path / "run", experiments=EXPS)
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["data.held_out_images"] == 2 and (run / "data_celebamask_hq.png").exists()
+    assert "method 1 on celebamask_hq: 18 training images" in (run / "reproduce.ipynb").read_text()
+    assert all(0 <= m[f"subspaces.{r}.locality"] <= 1 or np.isnan(m[f"subspaces.{r}.locality"]) for r in ("mouth", "eyes"))
