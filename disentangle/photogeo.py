@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 
 # %% auto 0
-__all__ = ['ROT_CENTER', 'ROT_SCALE', 'TRANS_SCALE', 'intrinsics', 'pixel_grid', 'backproject', 'project', 'rotation_matrix',
-           'view_transform', 'transform', 'inverse_transform', 'depth_normals', 'light_direction', 'shading',
-           'canonical_image', 'to_grid', 'sample', 'view_depth', 'render', 'side', 'mad']
+__all__ = ['ROT_CENTER', 'ROT_SCALE', 'TRANS_SCALE', 'EPS', 'intrinsics', 'pixel_grid', 'backproject', 'project',
+           'rotation_matrix', 'view_transform', 'transform', 'inverse_transform', 'depth_normals', 'light_direction',
+           'shading', 'canonical_image', 'to_grid', 'sample', 'view_depth', 'render', 'side', 'mad', 'PhotoGeoConfig',
+           'EncoderDecoder', 'ConfNet', 'PhotoGeo', 'photometric_loss', 'perceptual_loss', 'perceptual_net',
+           'photogeo_losses']
 
 # %% ../nbs/12_photogeo.ipynb 5
 ROT_CENTER = (0., 0., 1.)            # the canonical face turns about this point
@@ -137,3 +139,138 @@ def mad(normals, normals_gt, mask=None):
     ang = torch.rad2deg(torch.acos((normals * normals_gt).sum(-1).clamp(-1, 1)))
     m = torch.ones_like(ang, dtype=torch.bool) if mask is None else mask
     return (ang * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1)
+
+# %% ../nbs/12_photogeo.ipynb 24
+import dataclasses
+import torch.nn as nn
+
+@dataclasses.dataclass
+class PhotoGeoConfig:
+    size: int = 64                     # input side (Unsup3d: 64)
+    nf: int = 32                       # network width (Unsup3d: 64)
+    zdim: int = 128                    # bottleneck of the encoder-decoders (Unsup3d: 256 for depth and albedo)
+    min_depth: float = 0.9
+    max_depth: float = 1.1
+    border_depth: float = 1.04         # 0.7 max + 0.3 min (Unsup3d)
+    fov: float = 10.
+    lam_flip: float = 0.5              # weight of the flipped (symmetric) branch
+    lam_perc: float = 1.0              # weight of the perceptual terms (0: photometric only)
+    warp_iters: int = 6
+    lr: float = 1e-4
+    weight_decay: float = 5e-4
+
+def _enc(cin, cout, nf, act=nn.Tanh):
+    "64 px -> (B, cout): four stride-2 4x4 convolutions, a 4x4 valid one, a 1x1 head."
+    return nn.Sequential(nn.Conv2d(cin, nf, 4, 2, 1), nn.ReLU(True), nn.Conv2d(nf, nf * 2, 4, 2, 1), nn.ReLU(True),
+                         nn.Conv2d(nf * 2, nf * 4, 4, 2, 1), nn.ReLU(True), nn.Conv2d(nf * 4, nf * 8, 4, 2, 1), nn.ReLU(True),
+                         nn.Conv2d(nf * 8, nf * 8, 4, 1, 0), nn.ReLU(True), nn.Conv2d(nf * 8, cout, 1), *([act()] if act else []), nn.Flatten())
+
+def _gn(c): return nn.GroupNorm(max(1, c // 16), c)
+
+class EncoderDecoder(nn.Module):
+    "64 px image -> (B, cout, 64, 64) map through a zdim bottleneck (Unsup3d's EDDeconv, GroupNorm)."
+    def __init__(self, cin, cout, nf=32, zdim=128, act=nn.Tanh):
+        super().__init__()
+        down = [nn.Conv2d(cin, nf, 4, 2, 1), _gn(nf), nn.LeakyReLU(0.2, True)]
+        for a, b in ((nf, nf * 2), (nf * 2, nf * 4)): down += [nn.Conv2d(a, b, 4, 2, 1), _gn(b), nn.LeakyReLU(0.2, True)]
+        down += [nn.Conv2d(nf * 4, nf * 8, 4, 2, 1), nn.LeakyReLU(0.2, True), nn.Conv2d(nf * 8, zdim, 4, 1, 0), nn.ReLU(True)]
+        up = [nn.ConvTranspose2d(zdim, nf * 8, 4, 1, 0), nn.ReLU(True), nn.Conv2d(nf * 8, nf * 8, 3, 1, 1), nn.ReLU(True)]
+        for a, b in ((nf * 8, nf * 4), (nf * 4, nf * 2), (nf * 2, nf)):
+            up += [nn.ConvTranspose2d(a, b, 4, 2, 1), _gn(b), nn.ReLU(True), nn.Conv2d(b, b, 3, 1, 1), _gn(b), nn.ReLU(True)]
+        up += [nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(nf, nf, 3, 1, 1), _gn(nf), nn.ReLU(True),
+               nn.Conv2d(nf, cout, 5, 1, 2), *([act()] if act else [])]
+        self.net = nn.Sequential(*down, *up)
+    def forward(self, x): return self.net(x)
+
+class ConfNet(nn.Module):
+    "Confidence sigmas (B, 2, 64, 64) for the photometric losses and (B, 2, 16, 16) for the perceptual ones."
+    def __init__(self, nf=32, zdim=128):
+        super().__init__()
+        self.body = EncoderDecoder(3, nf, nf, zdim, act=None).net[:-1]        # up to the last 5x5 convolution
+        self.full = nn.Sequential(nn.Conv2d(nf, 2, 5, 1, 2), nn.Softplus())
+        self.low = nn.Sequential(nn.AvgPool2d(4), nn.Conv2d(nf, 2, 3, 1, 1), nn.Softplus())
+    def forward(self, x):
+        h = self.body(x)
+        return self.full(h), self.low(h)
+
+# %% ../nbs/12_photogeo.ipynb 27
+class PhotoGeo(nn.Module):
+    "Image (B, 3, 64, 64) in [-1, 1] -> canonical depth, albedo, light, view, and the re-rendered images."
+    def __init__(self, cfg: PhotoGeoConfig = PhotoGeoConfig()):
+        super().__init__(); self.cfg = c = cfg
+        if cfg.size != 64: raise ValueError(f"PhotoGeo's networks take 64 px images, got size={cfg.size}")
+        self.net_depth = EncoderDecoder(3, 1, c.nf, c.zdim)
+        self.net_albedo = EncoderDecoder(3, 3, c.nf, c.zdim)
+        self.net_light = _enc(3, 4, c.nf)
+        self.net_view = _enc(3, 6, c.nf)
+        self.net_conf = ConfNet(c.nf, c.zdim)
+        border = torch.ones(c.size, c.size); border[2:-2, 2:-2] = 0
+        self.register_buffer('border', border, persistent=False)
+
+    def depth(self, x):
+        "Canonical depth (B, H, W) in [min_depth, max_depth], border at border_depth."
+        c = self.cfg
+        d = self.net_depth(x)[:, 0]
+        d = (d - d.mean((1, 2), keepdim=True)).tanh()
+        d = c.min_depth + (d + 1) / 2 * (c.max_depth - c.min_depth)
+        return d * (1 - self.border) + self.border * c.border_depth
+
+    def light(self, x):
+        "(B, 4): ambient, diffuse in [0, 1] and the light direction's (l_x, l_y)."
+        o = self.net_light(x)
+        return torch.cat([(o[:, :2] + 1) / 2, o[:, 2:]], 1)
+
+    def view(self, x):
+        "(B, 6) in units of `view_transform`; no translation in depth."
+        o = self.net_view(x)
+        return torch.cat([o[:, :5], torch.zeros_like(o[:, 5:])], 1)
+
+    def forward(self, x) -> dict:
+        c, B = self.cfg, x.shape[0]
+        depth, albedo, light, view = self.depth(x), self.net_albedo(x), self.light(x), self.view(x)
+        depth2, albedo2 = torch.cat([depth, depth.flip(2)]), torch.cat([albedo, albedo.flip(3)])
+        light2, view2 = light.repeat(2, 1), view.repeat(2, 1)
+        canon = canonical_image(albedo2, depth2, light2, c.fov)
+        recon, z, valid = render(canon, depth2, view2, c.warp_iters, c.fov, max_depth=1.2)
+        both = (valid[:B] & valid[B:]).detach()
+        sigma, sigma_low = self.net_conf(x)
+        return dict(depth=depth, albedo=albedo, light=light, view=view, canon=canon[:B], recon=recon[:B], recon_flip=recon[B:],
+                    mask=both, sigma=sigma, sigma_low=sigma_low)
+
+# %% ../nbs/12_photogeo.ipynb 30
+EPS = 1e-7
+
+def photometric_loss(im1, im2, mask, sigma=None):
+    "Confidence-weighted L1 (Laplacian NLL) over `mask` (B, H, W); sigma (B, 1, H, W) or None."
+    loss = (im1 - im2).abs().mean(1, keepdim=True)
+    if sigma is not None: loss = loss * 2 ** 0.5 / (sigma + EPS) + (sigma + EPS).log()
+    m = mask[:, None].to(loss.dtype)
+    return (loss * m).sum() / m.sum().clamp(min=1)
+
+def perceptual_loss(f1, f2, mask, sigma=None):
+    "Confidence-weighted squared feature distance (Gaussian NLL) on features (B, C, h, w), mask resized to h x w."
+    loss = (f1 - f2).pow(2).mean(1, keepdim=True)
+    if sigma is not None: loss = loss / (2 * sigma.pow(2) + EPS) + (sigma + EPS).log()
+    m = F.interpolate(mask[:, None].to(loss.dtype), size=loss.shape[-2:], mode='area') > 0.999
+    return (loss * m).sum() / m.sum().clamp(min=1)
+
+def perceptual_net(name='factors'):
+    "Frozen 16 x 16 feature extractor: the first stages of a bundled perception net's body (images in [-1, 1])."
+    from disentangle import perception as P
+    net = P.pretrained(name)
+    return nn.Sequential(*list(net.body.children())[:3]).eval().requires_grad_(False)
+
+def photogeo_losses(out, x, cfg: PhotoGeoConfig, features=None) -> dict:
+    "The total loss and its terms for the model's output `out` on images x."
+    s, sl = out['sigma'], out['sigma_low']
+    l1 = photometric_loss(out['recon'], x, out['mask'], s[:, :1])
+    l1f = photometric_loss(out['recon_flip'], x, out['mask'], s[:, 1:])
+    d = {'photometric': l1, 'photometric_flip': l1f}
+    total = l1 + cfg.lam_flip * l1f
+    if features is not None and cfg.lam_perc:
+        fx = features(x)
+        lp = perceptual_loss(features(out['recon']), fx, out['mask'], sl[:, :1])
+        lpf = perceptual_loss(features(out['recon_flip']), fx, out['mask'], sl[:, 1:])
+        d.update(perceptual=lp, perceptual_flip=lpf); total = total + cfg.lam_perc * (lp + cfg.lam_flip * lpf)
+    d['loss'] = total
+    return d
