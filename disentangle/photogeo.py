@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 # %% auto 0
-__all__ = ['ROT_CENTER', 'ROT_SCALE', 'TRANS_SCALE', 'EPS', 'intrinsics', 'pixel_grid', 'backproject', 'project',
+__all__ = ['ROT_CENTER', 'ROT_SCALE', 'TRANS_SCALE', 'EPS', 'FACE_CLASSES', 'intrinsics', 'pixel_grid', 'backproject', 'project',
            'rotation_matrix', 'view_transform', 'transform', 'inverse_transform', 'depth_normals', 'light_direction',
            'shading', 'canonical_image', 'to_grid', 'sample', 'view_depth', 'render', 'side', 'mad', 'PhotoGeoConfig',
            'EncoderDecoder', 'ConfNet', 'PhotoGeo', 'photometric_loss', 'perceptual_loss', 'perceptual_net',
-           'photogeo_losses']
+           'photogeo_losses', 'PhotoGeoMethod', 'face_mask', 'score_decomposition']
 
 # %% ../nbs/12_photogeo.ipynb 5
 ROT_CENTER = (0., 0., 1.)            # the canonical face turns about this point
@@ -274,3 +274,55 @@ def photogeo_losses(out, x, cfg: PhotoGeoConfig, features=None) -> dict:
         d.update(perceptual=lp, perceptual_flip=lpf); total = total + cfg.lam_perc * (lp + cfg.lam_flip * lpf)
     d['loss'] = total
     return d
+
+# %% ../nbs/12_photogeo.ipynb 33
+from .engine import Method
+
+class PhotoGeoMethod(Method):
+    "PhotoGeo and its loss for `disentangle.engine.Engine`; `features`: the frozen perceptual net (or None)."
+    def __init__(self, cfg: PhotoGeoConfig = PhotoGeoConfig(), features=None):
+        self.cfg, self.model, self.features = cfg, PhotoGeo(cfg), features
+        self.modules = {'model': self.model}
+        self.optimizers = {'model': torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)}
+    def train_step(self, batch, engine) -> dict:
+        x = batch['image'].contiguous()
+        if self.features is not None: self.features.to(x.device)
+        return photogeo_losses(engine['model'](x), x, self.cfg, self.features)
+
+# %% ../nbs/12_photogeo.ipynb 35
+FACE_CLASSES = ('skin', 'nose', 'l_eye', 'r_eye', 'l_brow', 'r_brow', 'mouth', 'u_lip', 'l_lip')
+
+def face_mask(mask_canon, erode=1):
+    "Face-part pixels (B, H, W) bool of canonical SynthFaces label maps, eroded by `erode` px."
+    from disentangle.synthfaces import CLASSES
+    ids = torch.tensor([CLASSES.index(c) for c in FACE_CLASSES], device=mask_canon.device)
+    m = torch.isin(mask_canon.long(), ids)
+    if erode: m = -F.max_pool2d(-m.float()[:, None], 2 * erode + 1, 1, erode)[:, 0] > 0.5
+    return m
+
+def _corr(a, b):
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (a.norm() * b.norm()).clamp(min=1e-12))
+
+@torch.no_grad()
+def score_decomposition(model: PhotoGeo, batch: dict, chunk=64) -> dict:
+    "SIDE, MAD (degrees) and light/view correlations of `model` on a SynthFaces batch with its ground truth."
+    from disentangle import synthfaces as sf
+    dev = next(model.parameters()).device
+    outs = [model(batch['image'][i:i + chunk].to(dev)) for i in range(0, len(batch['image']), chunk)]
+    depth = torch.cat([o['depth'] for o in outs]).cpu(); light = torch.cat([o['light'] for o in outs]).cpu()
+    view = torch.cat([o['view'] for o in outs]).cpu()
+    fov = model.cfg.fov
+    gt = 1 - (1 - batch['depth'][:, 0]) * math.tan(math.radians(fov) / 2)
+    mask = face_mask(batch['mask_canon'])
+    n_pred, n_gt = depth_normals(depth, fov), -batch['normal'].permute(0, 2, 3, 1)
+    light_gt, view_gt = sf.light_view(batch['factors'])
+    angles = view[:, :3] * ROT_SCALE
+    out = {'side': float(side(depth, gt, mask).mean()), 'mad': float(mad(n_pred, n_gt, mask).mean())}
+    for j, k in enumerate(('ambient', 'diffuse', 'light_x', 'light_y')):
+        out[f'corr_{k}'] = _corr(light[:, j], light_gt[:, j] * (-1 if j >= 2 else 1))
+    for j, k in enumerate(('pitch', 'yaw', 'roll')): out[f'corr_{k}'] = _corr(angles[:, j], view_gt[:, j])
+    flat = torch.full_like(depth, 1.0)
+    out['side_flat'] = float(side(flat + 1e-4 * torch.randn_like(flat), gt, mask).mean())
+    out['mad_flat'] = float(mad(depth_normals(flat, fov), n_gt, mask).mean())
+    return out
