@@ -51,6 +51,11 @@ def write_celeba(root: Path, n=6, parts=(0, 0, 0, 0, 1, 2), quality=95):
         ident.append(f"{k:06d}.jpg {1000 + k % 3}")
         lms.append(f"{k:06d}.jpg" + "".join(f"{v:6d}" for v in landmarks(k).reshape(-1)))
         part.append(f"{k:06d}.jpg {parts[k - 1]}")
+    return write_celeba_texts(root, attr, ident, lms, part)
+
+def write_celeba_texts(root: Path, attr, ident, lms, part):
+    "CelebA's four annotation files from their rows (the attribute header ends in a space, as the official one does)."
+    n = len(attr)
     (root / "list_attr_celeba.txt").write_text(f"{n}\n{ATTR_NAMES} \n" + "\n".join(attr) + "\n")
     (root / "identity_CelebA.txt").write_text("\n".join(ident) + "\n")
     (root / "list_landmarks_align_celeba.txt").write_text(f"{n}\n{LM_HEADER}\n" + "\n".join(lms) + "\n")

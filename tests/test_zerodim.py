@@ -123,11 +123,8 @@ def synthfaces_as_celeba(root: Path, n=60):
         ident.append(f"{name} {k // 4}")                      # four photos a person, split on a person boundary
         lms.append(name + "".join(f"{v:6d}" for v in (70, 110, 108, 110, 89, 130, 72, 150, 106, 150)))
         part.append(f"{name} {0 if k < n * 2 // 3 else 2}")
-    (root / "list_attr_celeba.txt").write_text(f"{n}\n{' '.join(rd.CELEBA_ATTRIBUTES)}\n" + "\n".join(attr) + "\n")
-    (root / "identity_CelebA.txt").write_text("\n".join(ident) + "\n")
-    (root / "list_landmarks_align_celeba.txt").write_text(f"{n}\n{' '.join(rd.CELEBA_LANDMARK_NAMES)}\n" + "\n".join(lms) + "\n")
-    (root / "list_eval_partition.txt").write_text("\n".join(part) + "\n")
-    return root
+    from test_realdata import write_celeba_texts
+    return write_celeba_texts(root, attr, ident, lms, part)
 
 
 def test_zerodim_experiment_on_celeba_layout(tmp_path):
