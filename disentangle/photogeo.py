@@ -13,7 +13,8 @@ __all__ = ['ROT_CENTER', 'ROT_SCALE', 'TRANS_SCALE', 'EPS', 'FACE_CLASSES', 'int
            'rotation_matrix', 'view_transform', 'transform', 'inverse_transform', 'depth_normals', 'light_direction',
            'shading', 'canonical_image', 'to_grid', 'sample', 'view_depth', 'render', 'side', 'mad', 'PhotoGeoConfig',
            'EncoderDecoder', 'ConfNet', 'PhotoGeo', 'photometric_loss', 'perceptual_loss', 'perceptual_net',
-           'photogeo_losses', 'PhotoGeoMethod', 'face_mask', 'score_decomposition']
+           'depth_smoothness', 'photogeo_losses', 'PhotoGeoMethod', 'synthfaces_batches', 'train_photogeo',
+           'save_photogeo', 'load_photogeo', 'pretrained_photogeo', 'face_mask', 'score_decomposition']
 
 # %% ../nbs/12_photogeo.ipynb 5
 ROT_CENTER = (0., 0., 1.)            # the canonical face turns about this point
@@ -155,6 +156,8 @@ class PhotoGeoConfig:
     fov: float = 10.
     lam_flip: float = 0.5              # weight of the flipped (symmetric) branch
     lam_perc: float = 1.0              # weight of the perceptual terms (0: photometric only)
+    kd_min: float = 0.2                # stabiliser: the diffuse light never goes below this (Unsup3d: 0)
+    lam_smooth: float = 0.1            # stabiliser: weight of the depth's curvature penalty (Unsup3d: 0)
     warp_iters: int = 6
     lr: float = 1e-4
     weight_decay: float = 5e-4
@@ -216,9 +219,9 @@ class PhotoGeo(nn.Module):
         return d * (1 - self.border) + self.border * c.border_depth
 
     def light(self, x):
-        "(B, 4): ambient, diffuse in [0, 1] and the light direction's (l_x, l_y)."
-        o = self.net_light(x)
-        return torch.cat([(o[:, :2] + 1) / 2, o[:, 2:]], 1)
+        "(B, 4): ambient in [0, 1], diffuse in [kd_min, 1] and the light direction's (l_x, l_y)."
+        o, kd_min = self.net_light(x), self.cfg.kd_min
+        return torch.cat([(o[:, :1] + 1) / 2, kd_min + (1 - kd_min) * (o[:, 1:2] + 1) / 2, o[:, 2:]], 1)
 
     def view(self, x):
         "(B, 6) in units of `view_transform`; no translation in depth."
@@ -260,6 +263,13 @@ def perceptual_net(name='factors'):
     net = P.pretrained(name)
     return nn.Sequential(*list(net.body.children())[:3]).eval().requires_grad_(False)
 
+def depth_smoothness(depth, fov=10.):
+    "Mean |second difference| (B,) of depth maps (B, H, W) in units of a pixel's width at depth 1 (planes cost 0), border excluded."
+    d = depth[:, 2:-2, 2:-2] / (2 * math.tan(math.radians(fov) / 2) / (depth.shape[-1] - 1))
+    dxx = (d[:, 1:-1, 2:] - 2 * d[:, 1:-1, 1:-1] + d[:, 1:-1, :-2]).abs()
+    dyy = (d[:, 2:, 1:-1] - 2 * d[:, 1:-1, 1:-1] + d[:, :-2, 1:-1]).abs()
+    return (dxx + dyy).flatten(1).mean(1)
+
 def photogeo_losses(out, x, cfg: PhotoGeoConfig, features=None) -> dict:
     "The total loss and its terms for the model's output `out` on images x."
     s, sl = out['sigma'], out['sigma_low']
@@ -272,6 +282,8 @@ def photogeo_losses(out, x, cfg: PhotoGeoConfig, features=None) -> dict:
         lp = perceptual_loss(features(out['recon']), fx, out['mask'], sl[:, :1])
         lpf = perceptual_loss(features(out['recon_flip']), fx, out['mask'], sl[:, 1:])
         d.update(perceptual=lp, perceptual_flip=lpf); total = total + cfg.lam_perc * (lp + cfg.lam_flip * lpf)
+    if cfg.lam_smooth:
+        d['smoothness'] = depth_smoothness(out['depth'], cfg.fov).mean(); total = total + cfg.lam_smooth * d['smoothness']
     d['loss'] = total
     return d
 
@@ -282,7 +294,7 @@ class PhotoGeoMethod(Method):
     "PhotoGeo and its loss for `disentangle.engine.Engine`; `features`: the frozen perceptual net (or None)."
     def __init__(self, cfg: PhotoGeoConfig = PhotoGeoConfig(), features=None):
         self.cfg, self.model, self.features = cfg, PhotoGeo(cfg), features
-        self.modules = {'model': self.model}
+        self.modules, self.ema = {'model': self.model}, ('model',)
         self.optimizers = {'model': torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)}
     def train_step(self, batch, engine) -> dict:
         x = batch['image'].contiguous()
@@ -290,6 +302,56 @@ class PhotoGeoMethod(Method):
         return photogeo_losses(engine['model'](x), x, self.cfg, self.features)
 
 # %% ../nbs/12_photogeo.ipynb 35
+def synthfaces_batches(batch: int = 16, seed: int = 0):
+    "batch(step, rank, world): a new set of `batch` SynthFaces renders at 64 px for every step, deterministic in (seed, step)."
+    from disentangle import synthfaces
+    def fn(step, rank=0, world=1):
+        return {'image': synthfaces.render(batch, size=64, seed=1_000_000 * (seed + 1) + step)['image'][rank::world]}
+    return fn
+
+def train_photogeo(cfg: PhotoGeoConfig = PhotoGeoConfig(), steps: int = 4000, batches=None, out_dir='photogeo', seed: int = 0,
+                   features='factors', progress: bool = True, **engine_kw) -> PhotoGeo:
+    "Train a decomposer on `batches` (default: fresh SynthFaces renders, batch 16); returns the EMA model (eval mode)."
+    from disentangle.engine import Engine, EngineConfig
+    feats = perceptual_net(features) if isinstance(features, str) else features
+    meth = PhotoGeoMethod(cfg, feats)
+    eng = Engine(meth, batches or synthfaces_batches(16, seed),
+                 EngineConfig(steps=steps, out_dir=str(out_dir), seed=seed, progress=progress, **engine_kw)).fit()
+    return eng.ema_module('model').eval()
+
+# %% ../nbs/12_photogeo.ipynb 37
+from pathlib import Path
+from .core import save_tensors, load_tensors
+
+def save_photogeo(model: PhotoGeo, path, half: bool = False, **info) -> Path:
+    "Save `model` (weights, config and `info`) as one safetensors file; `half`: weights in float16 (half the size)."
+    dt = torch.float16 if half else torch.float32
+    return save_tensors(path, {k: v.detach().to(dt) for k, v in model.state_dict().items()},
+                        metadata={'net': 'PhotoGeo', 'config': dataclasses.asdict(model.cfg), 'info': info})
+
+def load_photogeo(path, device='cpu') -> PhotoGeo:
+    "The PhotoGeo saved at `path`, in eval mode with frozen parameters; errors name the file and what does not fit."
+    tensors, meta = load_tensors(path)
+    if meta.get('net') != 'PhotoGeo' or not isinstance(meta.get('config'), dict):
+        raise ValueError(f"{path}: not a PhotoGeo file (metadata net={meta.get('net')!r})")
+    try: cfg = PhotoGeoConfig(**meta['config'])
+    except TypeError as e: raise ValueError(f"{path}: config {meta['config']} does not fit PhotoGeoConfig ({e})") from None
+    model = PhotoGeo(cfg); want = model.state_dict()
+    missing, unexpected = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
+    bad = [f"{k}: file {tuple(tensors[k].shape)}, model {tuple(want[k].shape)}" for k in want if k in tensors and tensors[k].shape != want[k].shape]
+    if missing or unexpected or bad:
+        raise ValueError(f"{path}: weights do not match PhotoGeo({cfg}): missing {missing[:5]}, unexpected {unexpected[:5]}, shapes {bad[:5]}")
+    model.load_state_dict({k: v.float() for k, v in tensors.items()}); model.info = meta.get('info', {})
+    return model.to(device).eval().requires_grad_(False)
+
+def pretrained_photogeo(device='cpu') -> PhotoGeo:
+    "The bundled decomposer trained on SynthFaces renders."
+    import disentangle
+    path = Path(disentangle.__file__).parent / 'assets' / 'photogeo-synthfaces-64.safetensors'
+    if not path.exists(): raise FileNotFoundError(f"the bundled decomposer {path} is missing; train one with PhotoGeoMethod and save_photogeo")
+    return load_photogeo(path, device)
+
+# %% ../nbs/12_photogeo.ipynb 40
 FACE_CLASSES = ('skin', 'nose', 'l_eye', 'r_eye', 'l_brow', 'r_brow', 'mouth', 'u_lip', 'l_lip')
 
 def face_mask(mask_canon, erode=1):
