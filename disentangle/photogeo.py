@@ -14,7 +14,7 @@ __all__ = ['ROT_CENTER', 'ROT_SCALE', 'TRANS_SCALE', 'EPS', 'FACE_CLASSES', 'int
            'shading', 'canonical_image', 'to_grid', 'sample', 'view_depth', 'render', 'side', 'mad', 'PhotoGeoConfig',
            'EncoderDecoder', 'ConfNet', 'PhotoGeo', 'photometric_loss', 'perceptual_loss', 'perceptual_net',
            'depth_smoothness', 'photogeo_losses', 'PhotoGeoMethod', 'synthfaces_batches', 'train_photogeo',
-           'save_photogeo', 'load_photogeo', 'pretrained_photogeo', 'face_mask', 'score_decomposition']
+           'save_photogeo', 'load_photogeo', 'pretrained_photogeo', 'face_mask', 'score_decomposition', 'agreement']
 
 # %% ../nbs/12_photogeo.ipynb 5
 ROT_CENTER = (0., 0., 1.)            # the canonical face turns about this point
@@ -287,7 +287,7 @@ def photogeo_losses(out, x, cfg: PhotoGeoConfig, features=None) -> dict:
     d['loss'] = total
     return d
 
-# %% ../nbs/12_photogeo.ipynb 33
+# %% ../nbs/12_photogeo.ipynb 34
 from .engine import Method
 
 class PhotoGeoMethod(Method):
@@ -301,7 +301,7 @@ class PhotoGeoMethod(Method):
         if self.features is not None: self.features.to(x.device)
         return photogeo_losses(engine['model'](x), x, self.cfg, self.features)
 
-# %% ../nbs/12_photogeo.ipynb 35
+# %% ../nbs/12_photogeo.ipynb 36
 def synthfaces_batches(batch: int = 16, seed: int = 0):
     "batch(step, rank, world): a new set of `batch` SynthFaces renders at 64 px for every step, deterministic in (seed, step)."
     from disentangle import synthfaces
@@ -315,11 +315,12 @@ def train_photogeo(cfg: PhotoGeoConfig = PhotoGeoConfig(), steps: int = 4000, ba
     from disentangle.engine import Engine, EngineConfig
     feats = perceptual_net(features) if isinstance(features, str) else features
     meth = PhotoGeoMethod(cfg, feats)
+    engine_kw.setdefault('ema_decay', min(0.999, 1 - 4 / max(steps, 4)))     # short runs: the EMA forgets the random start
     eng = Engine(meth, batches or synthfaces_batches(16, seed),
                  EngineConfig(steps=steps, out_dir=str(out_dir), seed=seed, progress=progress, **engine_kw)).fit()
     return eng.ema_module('model').eval()
 
-# %% ../nbs/12_photogeo.ipynb 37
+# %% ../nbs/12_photogeo.ipynb 38
 from pathlib import Path
 from .core import save_tensors, load_tensors
 
@@ -351,7 +352,7 @@ def pretrained_photogeo(device='cpu') -> PhotoGeo:
     if not path.exists(): raise FileNotFoundError(f"the bundled decomposer {path} is missing; train one with PhotoGeoMethod and save_photogeo")
     return load_photogeo(path, device)
 
-# %% ../nbs/12_photogeo.ipynb 40
+# %% ../nbs/12_photogeo.ipynb 41
 FACE_CLASSES = ('skin', 'nose', 'l_eye', 'r_eye', 'l_brow', 'r_brow', 'mouth', 'u_lip', 'l_lip')
 
 def face_mask(mask_canon, erode=1):
@@ -387,4 +388,19 @@ def score_decomposition(model: PhotoGeo, batch: dict, chunk=64) -> dict:
     flat = torch.full_like(depth, 1.0)
     out['side_flat'] = float(side(flat + 1e-4 * torch.randn_like(flat), gt, mask).mean())
     out['mad_flat'] = float(mad(depth_normals(flat, fov), n_gt, mask).mean())
+    return out
+
+# %% ../nbs/12_photogeo.ipynb 43
+@torch.no_grad()
+def agreement(a: PhotoGeo, b: PhotoGeo, batch: dict, chunk=64) -> dict:
+    "How much two decomposers agree on a SynthFaces batch: light/view correlations and the MAD between their depths."
+    def run(m):
+        dev = next(m.parameters()).device
+        outs = [m(batch['image'][i:i + chunk].to(dev)) for i in range(0, len(batch['image']), chunk)]
+        return {k: torch.cat([o[k] for o in outs]).cpu() for k in ('depth', 'light', 'view')}
+    A, B = run(a), run(b)
+    mask = face_mask(batch['mask_canon'])
+    out = {'mad_between': float(mad(depth_normals(A['depth'], a.cfg.fov), depth_normals(B['depth'], b.cfg.fov), mask).mean())}
+    for j, k in enumerate(('ambient', 'diffuse', 'light_x', 'light_y')): out[f'corr_{k}'] = _corr(A['light'][:, j], B['light'][:, j])
+    for j, k in enumerate(('pitch', 'yaw', 'roll')): out[f'corr_{k}'] = _corr(A['view'][:, j], B['view'][:, j])
     return out

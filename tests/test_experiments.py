@@ -32,7 +32,7 @@ def test_baselines_tiny(tmp_path):
 
 def test_reproduce_tiny(tmp_path):
     run = run_experiment("reproduce", dict(size=32, n_grid=8, n_steps=3, n_frames=4, baseline_steps=4, baseline_metric_scale=0.002,
-                                                  zerodim_epochs=1, idmap_steps=2),
+                                                  zerodim_epochs=1, idmap_steps=2, semantics_samples=80),
                          out=tmp_path, experiments=EXPS)
     m = json.loads((run / "metrics.json").read_text())
     assert m["eye_landmark_in_mask"] >= 0.5 and m["recomposition_mae"] < 1 / 255
@@ -40,8 +40,10 @@ def test_reproduce_tiny(tmp_path):
         assert 0 <= m[f"synthfaces.{model}.mig.discrete_mig"] <= 1
     assert 0 <= m["zerodim.labeled_accuracy"] <= 1 and np.isfinite(m["zerodim.residual_leakage"])
     assert -1 <= m["idmap.method.id_similarity"] <= 1 and np.isfinite(m["idmap.baseline.landmark_nme"])
+    assert 0 <= m["photogeo.mad"] <= 180 and -1 <= m["semantics.yaw.ours.identity"] <= 1
+    assert 0 <= m["semantics.augment.augmented.balanced_accuracy"] <= 1
     assert {p.name for p in run.glob("*.png")} >= {"faces.png", "traversals.png", "masks.png", "photogeometry.png", "sequence.png",
-                                                    "zerodim_object_hue.png", "idmap_swaps.png"}
+                                                    "zerodim_object_hue.png", "idmap_swaps.png", "semantics_edits.png"}
 
 
 def test_baselines_on_a_folder_of_photos(tmp_path):
