@@ -13,7 +13,7 @@ from . import photogeo as pg, synthfaces as sf
 # %% auto 0
 __all__ = ['ENVIRONMENT', 'REGIONS', 'ENV_FACTORS', 'sample_w', 'generate', 'decompose', 'SemanticsConfig', 'region_templates',
            'LinearSemantics', 'sample_and_decompose', 'fit_semantics', 'ganspace', 'interfacegan', 'Judges', 'judges',
-           'measure_edit', 'factor_response', 'name_local', 'ganspace_axis', 'compare_edits', 'edit_table',
+           'measure_edit', 'factor_response', 'name_local', 'ganspace_axis', 'beats', 'compare_edits', 'edit_table',
            'AugmentConfig', 'yaw_class', 'unbalanced_data', 'train_classifier', 'balanced_accuracy', 'extrapolate',
            'augmentation_study']
 
@@ -222,7 +222,8 @@ def measure_edit(G, w, d, factor: str, target: float, J: Judges, region: str | N
     f1 = _run(J.factors, img1)
     dn = (f1 - base['f']) / (hi - lo)
     achieved = float((f1[:, fi] - base['f'][:, fi]).mean())
-    out = dict(alpha=alpha, step=float(abs(alpha) * d.norm()), achieved=achieved, error=abs(achieved - target) / abs(target),
+    error = abs(achieved - target) / abs(target)
+    out = dict(alpha=alpha, step=float(abs(alpha) * d.norm()), achieved=achieved, error=error, reached=float(error <= 0.25),
                identity=float((F.normalize(_run(J.identity, img1), dim=1) * base['emb']).sum(1).mean()),
                leakage=float(dn[:, [j for j in range(len(sf.FACTORS)) if j != fi]].abs().mean()))
     if region is not None:
@@ -263,6 +264,10 @@ def ganspace_axis(G, w, axes, stds, factor: str, J: Judges) -> torch.Tensor:
     return axes[j] * stds[j]
 
 # %% ../nbs/13_linear_semantics.ipynb 17
+def beats(a: dict, b: dict) -> bool:
+    "Edit `a` keeps identity better than `b` at the asked edit size: a reaches it, and b either does not or keeps less identity."
+    return bool(a['reached']) and (not b['reached'] or a['identity'] > b['identity'])
+
 def compare_edits(ls: LinearSemantics, G, w, J: Judges, targets: dict, axes, stds, ifg: dict) -> list:
     "One row per (factor, method); targets: factor -> (our semantic, its region or None, asked change in the factor's units)."
     img0 = generate(G, w)
@@ -279,10 +284,11 @@ def compare_edits(ls: LinearSemantics, G, w, J: Judges, targets: dict, axes, std
 # %% ../nbs/13_linear_semantics.ipynb 18
 def edit_table(rows: list) -> str:
     "A markdown table of `compare_edits` rows."
-    cols = ('asked', 'achieved', 'identity', 'leakage', 'locality', 'step')
+    cols = ('asked', 'achieved', 'reached', 'identity', 'leakage', 'locality', 'step')
     out = ['| factor | method | ' + ' | '.join(cols) + ' |', '|---|---|' + '---:|' * len(cols)]
     for r in rows:
-        out.append(f"| {r['factor']} | {r['method']} | " + ' | '.join(f"{r[c]:.3f}" if c in r else '' for c in cols) + ' |')
+        out.append(f"| {r['factor']} | {r['method']} | " + ' | '.join(('yes' if r[c] else 'no') if c == 'reached' else f"{r[c]:.3f}" if c in r else ''
+                                                                   for c in cols) + ' |')
     return '\n'.join(out)
 
 # %% ../nbs/13_linear_semantics.ipynb 20
