@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 
 # %% auto 0
-__all__ = ['ROT_CENTER', 'ROT_SCALE', 'TRANS_SCALE', 'EPS', 'FACE_CLASSES', 'intrinsics', 'pixel_grid', 'backproject', 'project',
-           'rotation_matrix', 'view_transform', 'transform', 'inverse_transform', 'depth_normals', 'light_direction',
-           'shading', 'canonical_image', 'to_grid', 'sample', 'view_depth', 'render', 'side', 'mad', 'PhotoGeoConfig',
-           'EncoderDecoder', 'ConfNet', 'PhotoGeo', 'photometric_loss', 'perceptual_loss', 'perceptual_net',
-           'depth_smoothness', 'photogeo_losses', 'PhotoGeoMethod', 'synthfaces_batches', 'train_photogeo',
-           'save_photogeo', 'load_photogeo', 'pretrained_photogeo', 'face_mask', 'score_decomposition', 'agreement']
+__all__ = ['ROT_CENTER', 'ROT_SCALE', 'TRANS_SCALE', 'EPS', 'VGG_CONVS', 'FACE_CLASSES', 'intrinsics', 'pixel_grid',
+           'backproject', 'project', 'rotation_matrix', 'view_transform', 'transform', 'inverse_transform',
+           'depth_normals', 'light_direction', 'shading', 'canonical_image', 'to_grid', 'sample', 'view_depth',
+           'render', 'side', 'mad', 'PhotoGeoConfig', 'EncoderDecoder', 'ConfNet', 'PhotoGeo', 'photometric_loss',
+           'perceptual_loss', 'VGG16Relu33', 'load_vgg16', 'perceptual_net', 'depth_smoothness', 'photogeo_losses',
+           'PhotoGeoMethod', 'synthfaces_batches', 'train_photogeo', 'save_photogeo', 'load_photogeo',
+           'pretrained_photogeo', 'face_mask', 'score_decomposition', 'agreement']
 
 # %% ../nbs/12_photogeo.ipynb 5
 ROT_CENTER = (0., 0., 1.)            # the canonical face turns about this point
@@ -241,6 +242,9 @@ class PhotoGeo(nn.Module):
                     mask=both, sigma=sigma, sigma_low=sigma_low)
 
 # %% ../nbs/12_photogeo.ipynb 30
+from pathlib import Path
+from .core import save_tensors, load_tensors
+
 EPS = 1e-7
 
 def photometric_loss(im1, im2, mask, sigma=None):
@@ -257,8 +261,43 @@ def perceptual_loss(f1, f2, mask, sigma=None):
     m = F.interpolate(mask[:, None].to(loss.dtype), size=loss.shape[-2:], mode='area') > 0.999
     return (loss * m).sum() / m.sum().clamp(min=1)
 
+VGG_CONVS = (0, 2, 5, 7, 10, 12, 14)            # torchvision's vgg16.features indices of the convolutions up to relu3_3
+
+class VGG16Relu33(nn.Module):
+    "VGG16's layers up to relu3_3 (Unsup3d's perceptual features), on images in [-1, 1] (ImageNet-normalised inside)."
+    def __init__(self):
+        super().__init__()
+        chans = ((3, 64), (64, 64), 'M', (64, 128), (128, 128), 'M', (128, 256), (256, 256), (256, 256))
+        layers = []
+        for c in chans: layers += [nn.MaxPool2d(2, 2)] if c == 'M' else [nn.Conv2d(*c, 3, 1, 1), nn.ReLU(True)]
+        self.features = nn.Sequential(*layers)
+        self.register_buffer('mean', torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('std', torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+    def forward(self, x): return self.features(((x + 1) / 2 - self.mean) / self.std)
+
+def load_vgg16(path) -> VGG16Relu33:
+    "VGG16 up to relu3_3 from a local torchvision-layout state dict (`vgg16-397923af.pth` or a .safetensors of it)."
+    path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f"no VGG16 weights at {path}")
+    if path.suffix == '.safetensors': sd = load_tensors(path)[0]
+    else:
+        try: sd = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as e: raise ValueError(f"{path}: not a readable state dict ({type(e).__name__}: {e})") from None
+    if isinstance(sd, dict) and 'state_dict' in sd: sd = sd['state_dict']
+    net = VGG16Relu33()
+    convs = [m for m in net.features if isinstance(m, nn.Conv2d)]
+    want = {f'features.{i}.{k}': getattr(c, k) for i, c in zip(VGG_CONVS, convs) for k in ('weight', 'bias')}
+    missing = [k for k in want if k not in sd]
+    bad = [f"{k}: file {tuple(sd[k].shape)}, VGG16 {tuple(v.shape)}" for k, v in want.items() if k in sd and sd[k].shape != v.shape]
+    if missing or bad: raise ValueError(f"{path}: not VGG16 weights in torchvision's layout: missing {missing[:4]}, shapes {bad[:4]}")
+    with torch.no_grad():
+        for k, v in want.items(): v.copy_(sd[k].float())
+    return net.eval().requires_grad_(False)
+
 def perceptual_net(name='factors'):
-    "Frozen 16 x 16 feature extractor: the first stages of a bundled perception net's body (images in [-1, 1])."
+    """Frozen 16 x 16 feature extractor on images in [-1, 1]: the first stages of a bundled perception net's body
+    (`name` a bundled net, the in-domain choice on SynthFaces), or VGG16 relu3_3 when `name` is a path to its weights."""
+    if str(name).endswith(('.pth', '.pt', '.safetensors')): return load_vgg16(name)
     from disentangle import perception as P
     net = P.pretrained(name)
     return nn.Sequential(*list(net.body.children())[:3]).eval().requires_grad_(False)
@@ -321,9 +360,6 @@ def train_photogeo(cfg: PhotoGeoConfig = PhotoGeoConfig(), steps: int = 4000, ba
     return eng.ema_module('model').eval()
 
 # %% ../nbs/12_photogeo.ipynb 38
-from pathlib import Path
-from .core import save_tensors, load_tensors
-
 def save_photogeo(model: PhotoGeo, path, half: bool = False, **info) -> Path:
     "Save `model` (weights, config and `info`) as one safetensors file; `half`: weights in float16 (half the size)."
     dt = torch.float16 if half else torch.float32
