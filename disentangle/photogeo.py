@@ -160,7 +160,8 @@ class PhotoGeoConfig:
     kd_min: float = 0.2                # stabiliser: the diffuse light never goes below this (Unsup3d: 0)
     lam_smooth: float = 0.1            # stabiliser: weight of the depth's curvature penalty (Unsup3d: 0)
     warp_iters: int = 6
-    lr: float = 1e-4
+    lr: float = 2e-4                   # Unsup3d: 1e-4
+    warmup: int = 200                  # stabiliser: steps of linear learning-rate warm-up (Unsup3d: none)
     weight_decay: float = 5e-4
 
 def _enc(cin, cout, nf, act=nn.Tanh):
@@ -334,7 +335,9 @@ class PhotoGeoMethod(Method):
     def __init__(self, cfg: PhotoGeoConfig = PhotoGeoConfig(), features=None):
         self.cfg, self.model, self.features = cfg, PhotoGeo(cfg), features
         self.modules, self.ema = {'model': self.model}, ('model',)
-        self.optimizers = {'model': torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)}
+        opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizers = {'model': opt}
+        self.schedulers = {'model': torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1., (t + 1) / max(cfg.warmup, 1)))}
     def train_step(self, batch, engine) -> dict:
         x = batch['image'].contiguous()
         if self.features is not None: self.features.to(x.device)
