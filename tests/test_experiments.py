@@ -32,7 +32,7 @@ def test_baselines_tiny(tmp_path):
 
 def test_reproduce_tiny(tmp_path):
     run = run_experiment("reproduce", dict(size=32, n_grid=8, n_steps=3, n_frames=4, baseline_steps=4, baseline_metric_scale=0.002,
-                                                  zerodim_epochs=1, idmap_steps=2, semantics_samples=80),
+                                                  zerodim_epochs=1, idmap_steps=2, semantics_samples=80, semantics_aug_steps=2),
                          out=tmp_path, experiments=EXPS)
     m = json.loads((run / "metrics.json").read_text())
     assert m["eye_landmark_in_mask"] >= 0.5 and m["recomposition_mae"] < 1 / 255
@@ -43,7 +43,13 @@ def test_reproduce_tiny(tmp_path):
     assert 0 <= m["photogeo.mad"] <= 180 and -1 <= m["semantics.yaw.ours.identity"] <= 1
     assert 0 <= m["semantics.augment.augmented.balanced_accuracy"] <= 1
     assert {p.name for p in run.glob("*.png")} >= {"faces.png", "traversals.png", "masks.png", "photogeometry.png", "sequence.png",
-                                                    "zerodim_object_hue.png", "idmap_swaps.png", "semantics_edits.png"}
+                                                    "zerodim_object_hue.png", "idmap_swaps.png", "semantics_edits.png", "methods_side_by_side.png"}
+    table = (run / "report_table.md").read_text()
+    for row in ("AE (baseline)", "β-VAE (baseline)", "β-TCVAE (baseline)", "1: independent subspaces", "2: latent mapping (Nitzan)",
+                "2 baseline: W-swap of layers", "3: linear semantics (Zheng)", "3 baseline: GANSpace", "4: ZeroDIM (Gabbay)"):
+        line = next(l for l in table.splitlines() if l.startswith(f"| {row} |"))
+        assert any(c.strip() not in ("", "-") for c in line.split("|")[2:-1]), line      # every row has numbers
+    assert "Run time" in (run / "report.html").read_text() and m["seconds"] > 0
 
 
 def test_baselines_on_a_folder_of_photos(tmp_path):
