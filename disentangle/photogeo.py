@@ -376,12 +376,10 @@ def load_photogeo(path, device='cpu') -> PhotoGeo:
         raise ValueError(f"{path}: not a PhotoGeo file (metadata net={meta.get('net')!r})")
     try: cfg = PhotoGeoConfig(**meta['config'])
     except TypeError as e: raise ValueError(f"{path}: config {meta['config']} does not fit PhotoGeoConfig ({e})") from None
-    model = PhotoGeo(cfg); want = model.state_dict()
-    missing, unexpected = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
-    bad = [f"{k}: file {tuple(tensors[k].shape)}, model {tuple(want[k].shape)}" for k in want if k in tensors and tensors[k].shape != want[k].shape]
-    if missing or unexpected or bad:
-        raise ValueError(f"{path}: weights do not match PhotoGeo({cfg}): missing {missing[:5]}, unexpected {unexpected[:5]}, shapes {bad[:5]}")
-    model.load_state_dict({k: v.float() for k, v in tensors.items()}); model.info = meta.get('info', {})
+    from disentangle.engine import load_state_strict
+    model = PhotoGeo(cfg)
+    load_state_strict(model, {k: v.float() for k, v in tensors.items()}, f"{path} (PhotoGeo, nf={cfg.nf}, zdim={cfg.zdim})")
+    model.info = meta.get('info', {})
     return model.to(device).eval().requires_grad_(False)
 
 def pretrained_photogeo(device='cpu') -> PhotoGeo:
