@@ -105,38 +105,42 @@ class DirectionExplorer(Explorer):
 
 # %% ../nbs/21_explore.ipynb 10
 class SwapExplorer(Explorer):
-    "Recipient x donor with per-region toggles, through any `subspaces.Swapper`."
+    "Recipient x donor through any `subspaces.Swapper`: a slider per region subspace (0 recipient, 1 donor) and a swap button."
     def __init__(self, swapper, faces: torch.Tensor, parser='parser', regions='paper', scale: int = 4):
         super().__init__(scale)
-        from disentangle import subspaces as S, perception as P
+        from disentangle import perception as P
         if faces.ndim != 4 or faces.shape[1] != 3: raise ValueError(f"SwapExplorer: faces must be (N, 3, H, W), got {tuple(faces.shape)}")
         self.sw, self.faces, self.regions = swapper, faces, regions
         with torch.no_grad(): self.codes = swapper.encode(faces)
         self.parser = P.pretrained(parser) if isinstance(parser, str) else parser
         self.recipient = widgets.IntSlider(0, 0, len(faces) - 1, description='recipient')
         self.donor = widgets.IntSlider(min(1, len(faces) - 1), 0, len(faces) - 1, description='donor')
-        self.toggles = {n: widgets.ToggleButton(False, description=n) for n in swapper.names}
-        self._watch(self.recipient, self.donor, *self.toggles.values())
+        self.mix = {n: widgets.FloatSlider(0., min=0., max=1., step=0.05, description=n) for n in swapper.names}
+        self.toggles = {n: widgets.ToggleButton(False, description=f'swap {n}') for n in swapper.names}
+        for n, t in self.toggles.items(): t.observe(lambda ch, n=n: setattr(self.mix[n], 'value', 1. if ch['new'] else 0.), names='value')
+        self._watch(self.recipient, self.donor, *self.mix.values())
         self.redraw()
-    def controls(self): return [self.recipient, self.donor, widgets.HBox(list(self.toggles.values()))]
+    def controls(self): return [self.recipient, self.donor, *self.mix.values(), widgets.HBox(list(self.toggles.values()))]
     def swap(self, **on):
-        "Set the region toggles (name=True/False), redrawing once."
-        bad = [k for k in on if k not in self.toggles]
-        if bad: raise KeyError(f"unknown region {bad[0]!r}; this swapper's regions: {list(self.toggles)}")
+        "Take regions wholly from the donor (name=True) or the recipient (False), redrawing once."
+        bad = [k for k in on if k not in self.mix]
+        if bad: raise KeyError(f"unknown region {bad[0]!r}; this swapper's regions: {list(self.mix)}")
         for k, v in on.items():
-            t = self.toggles[k]; t.unobserve(self.redraw, names='value'); t.value = v; t.observe(self.redraw, names='value')
+            m = self.mix[k]; m.unobserve(self.redraw, names='value'); m.value = 1. if v else 0.; m.observe(self.redraw, names='value')
         self.redraw()
     @torch.no_grad()
     def render(self):
         from disentangle import subspaces as S
         r, d = self.recipient.value, self.donor.value
-        idx = [j for k, n in enumerate(self.sw.names) if self.toggles[n].value for j in self.sw.groups[k]]
         code = self.codes[r:r + 1].clone()
-        if idx: code[:, idx] = self.codes[d:d + 1, idx]
+        for k, n in enumerate(self.sw.names):
+            t, idx = self.mix[n].value, self.sw.groups[k]
+            if t: code[:, idx] = (1 - t) * self.codes[r:r + 1, idx] + t * self.codes[d:d + 1, idx]
         out = self.sw.decode(code)[0].clamp(-1, 1)
         x = self.faces[r]
-        on = [n for n in self.sw.names if self.toggles[n].value]
-        if self.parser is None or not on: return [x, self.faces[d], out], f"regions from the donor: {', '.join(on) or 'none'}"
+        on = [n for n in self.sw.names if self.mix[n].value]
+        said = ', '.join(f"{n} {self.mix[n].value:.0%}" for n in on) or 'none'
+        if self.parser is None or not on: return [x, self.faces[d], out], f"from the donor: {said}"
         c2r = S.class_to_region(self.regions)
         ids = torch.tensor([self.sw.names.index(n) for n in on])
         lab = lambda im: c2r[self.parser.parse(im[None]).long()][0]
@@ -144,7 +148,7 @@ class SwapExplorer(Explorer):
         change = (out - x).abs().sum(0)
         share = float((change * inside).sum() / change.sum().clamp(min=1e-12))
         mask = torch.where(inside, torch.tensor(1.), torch.tensor(-1.)).expand(3, -1, -1)
-        return [x, self.faces[d], out, mask], f"regions from the donor: {', '.join(on)}; change inside them: <b>{share:.0%}</b>"
+        return [x, self.faces[d], out, mask], f"from the donor: {said}; change inside those regions: <b>{share:.0%}</b>"
 
 # %% ../nbs/21_explore.ipynb 12
 class IdentityMixer(Explorer):
