@@ -13,6 +13,7 @@ torch.set_num_threads(1)
 
 
 def test_direction_explorer_redraws_and_checks_shapes():
+    torch.manual_seed(0)
     G = sg.pretrained_generator()
     w = torch.randn(4, 256)
     d = torch.nn.functional.normalize(torch.randn(256), dim=0) * 3
@@ -22,7 +23,8 @@ def test_direction_explorer_redraws_and_checks_shapes():
     ex.sliders['a'].value = 1.0
     assert ex.view.value != before
     ex.sliders['b'].value = 1.0                                  # the two cancel: back to the original face
-    assert ex.view.value == before
+    diff = np.abs(np.asarray(Image.open(io.BytesIO(ex.view.value)), float) - np.asarray(Image.open(io.BytesIO(before)), float))
+    assert diff.max() <= 1, diff.max()
     with pytest.raises(ValueError, match=r"must be \(256,\) for this generator, got \{'c': \(3,\)\}"):
         X.DirectionExplorer(G, w, {'c': torch.zeros(3)})
     with pytest.raises(KeyError, match="unknown direction 'z'"): ex.set(z=1.0)
@@ -30,6 +32,7 @@ def test_direction_explorer_redraws_and_checks_shapes():
 
 def test_identity_mixer_and_factor_explorer_wiring():
     from disentangle import idmap as I, zerodim as Z
+    torch.manual_seed(0)
     G = sg.pretrained_generator()
     E_id = P.pretrained('id_train')
     model = I.IDDisentangler(I.IDMapConfig(id_dim=E_id(torch.zeros(1, 3, 64, 64)).shape[1], attr_init='scratch'), G, E_id)
