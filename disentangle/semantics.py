@@ -285,9 +285,9 @@ def compare_edits(ls: LinearSemantics, G, w, J: Judges, targets: dict, axes, std
 def edit_table(rows: list) -> str:
     "A markdown table of `compare_edits` rows."
     cols = ('asked', 'achieved', 'reached', 'identity', 'leakage', 'locality', 'step')
-    out = ['| factor | method | ' + ' | '.join(cols) + ' |', '|---|---|' + '---:|' * len(cols)]
+    out = ['| factor | semantic | method | ' + ' | '.join(cols) + ' |', '|---|---|---|' + '---:|' * len(cols)]
     for r in rows:
-        out.append(f"| {r['factor']} | {r['method']} | " + ' | '.join(('yes' if r[c] else 'no') if c == 'reached' else f"{r[c]:.3f}" if c in r else ''
+        out.append(f"| {r['factor']} | {r.get('semantic', '')} | {r['method']} | " + ' | '.join(('yes' if r[c] else 'no') if c == 'reached' else f"{r[c]:.3f}" if c in r else ''
                                                                    for c in cols) + ' |')
     return '\n'.join(out)
 
