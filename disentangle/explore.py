@@ -4,7 +4,7 @@
 
 # %% ../nbs/21_explore.ipynb 2
 from __future__ import annotations
-import io, time
+import abc, io, time
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,15 +28,15 @@ def to_png(images, scale: int = 4) -> bytes:
     buf = io.BytesIO(); Image.fromarray(arr).save(buf, format='png', compress_level=1)
     return buf.getvalue()
 
-class Explorer:
+class Explorer(abc.ABC):
     "Base of the explorers: an image view, a line of information, and `redraw()` on every widget change."
     def __init__(self, scale: int = 4):
         self.scale, self.view, self.info = scale, widgets.Image(format='png'), widgets.HTML()
         self.last_redraw_s = float('nan')
     def controls(self) -> list: return []
+    @abc.abstractmethod
     def render(self) -> tuple:
         "(images to show side by side, information HTML) of the current state."
-        raise NotImplementedError
     def redraw(self, *_):
         t = time.perf_counter()
         images, info = self.render()

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from . import photogeo as pg, synthfaces as sf
 
 # %% auto 0
-__all__ = ['ENVIRONMENT', 'REGIONS', 'ENV_FACTORS', 'sample_w', 'generate', 'decompose', 'SemanticsConfig', 'region_templates',
-           'LinearSemantics', 'sample_and_decompose', 'fit_semantics', 'ganspace', 'interfacegan', 'Judges', 'judges',
-           'measure_edit', 'factor_response', 'name_local', 'ganspace_axis', 'beats', 'compare_edits', 'edit_table',
-           'AugmentConfig', 'yaw_class', 'unbalanced_data', 'train_classifier', 'balanced_accuracy', 'extrapolate',
-           'augmentation_study']
+__all__ = ['ENVIRONMENT', 'REGIONS', 'ENV_FACTORS', 'ASK_ENV', 'sample_w', 'generate', 'decompose', 'SemanticsConfig',
+           'region_templates', 'LinearSemantics', 'sample_and_decompose', 'fit_semantics', 'ganspace', 'interfacegan',
+           'Judges', 'judges', 'measure_edit', 'factor_response', 'name_local', 'edit_targets', 'ganspace_axis',
+           'beats', 'compare_edits', 'edit_table', 'AugmentConfig', 'yaw_class', 'unbalanced_data', 'train_classifier',
+           'balanced_accuracy', 'extrapolate', 'augmentation_study']
 
 # %% ../nbs/13_linear_semantics.ipynb 5
 @torch.no_grad()
@@ -256,6 +256,21 @@ def name_local(ls: LinearSemantics, G, w, J: Judges, sparse: bool = True) -> dic
         j = max(cand, key=lambda j: abs(float(r[j])))
         out[n] = (sf.FACTOR_NAMES[j], float(r[j]))
     return out
+
+ASK_ENV = {'yaw': 0.2, 'pitch': 0.1, 'light_x': 0.4, 'light_y': 0.4}    # asked changes of the environmental edits (factor units)
+
+def edit_targets(names: dict, n_local: int = 3, env: dict = ASK_ENV, fraction: float = 0.2) -> dict:
+    """factor -> (semantic, region or None, asked change): the environmental edits, then the `n_local` local semantics
+    with the largest named effects (`name_local`), one per region, each asked to move its factor by `fraction` of its range."""
+    targets = {f: (f, None, a) for f, a in env.items()}
+    used = set()
+    for sem, (f, v) in sorted(names.items(), key=lambda kv: -abs(kv[1][1])):
+        region = sem.split('_')[0]
+        if region in used or f in targets: continue
+        fac = sf.FACTORS[sf.FI[f]]
+        targets[f] = (sem, region, fraction * (fac.hi - fac.lo) * (1 if v > 0 else -1)); used.add(region)
+        if len(used) == n_local: break
+    return targets
 
 def ganspace_axis(G, w, axes, stds, factor: str, J: Judges) -> torch.Tensor:
     "The GANSpace move (one std along the axis) that changes `factor` most."
