@@ -36,7 +36,7 @@ nbtest: install
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
 pytest: install
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -q --timeout 900 --durations 8
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -q -n auto --timeout 900 --durations 8
 
 test: sync nbtest pytest
 
