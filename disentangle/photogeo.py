@@ -163,6 +163,7 @@ class PhotoGeoConfig:
     lr: float = 2e-4                   # Unsup3d: 1e-4
     warmup: int = 200                  # stabiliser: steps of linear learning-rate warm-up (Unsup3d: none)
     weight_decay: float = 5e-4
+    symmetric_albedo: bool = False     # albedo made exactly symmetric, (a + flip(a)) / 2 (Unsup3d: only probably, via the flipped branch)
 
 def _enc(cin, cout, nf, act=nn.Tanh):
     "64 px -> (B, cout): four stride-2 4x4 convolutions, a 4x4 valid one, a 1x1 head."
@@ -233,6 +234,7 @@ class PhotoGeo(nn.Module):
     def forward(self, x) -> dict:
         c, B = self.cfg, x.shape[0]
         depth, albedo, light, view = self.depth(x), self.net_albedo(x), self.light(x), self.view(x)
+        if c.symmetric_albedo: albedo = (albedo + albedo.flip(3)) / 2
         depth2, albedo2 = torch.cat([depth, depth.flip(2)]), torch.cat([albedo, albedo.flip(3)])
         light2, view2 = light.repeat(2, 1), view.repeat(2, 1)
         canon = canonical_image(albedo2, depth2, light2, c.fov)
@@ -242,7 +244,7 @@ class PhotoGeo(nn.Module):
         return dict(depth=depth, albedo=albedo, light=light, view=view, canon=canon[:B], recon=recon[:B], recon_flip=recon[B:],
                     mask=both, sigma=sigma, sigma_low=sigma_low)
 
-# %% ../nbs/12_photogeo.ipynb 30
+# %% ../nbs/12_photogeo.ipynb 32
 from pathlib import Path
 from .core import save_tensors, load_tensors
 
@@ -327,7 +329,7 @@ def photogeo_losses(out, x, cfg: PhotoGeoConfig, features=None) -> dict:
     d['loss'] = total
     return d
 
-# %% ../nbs/12_photogeo.ipynb 34
+# %% ../nbs/12_photogeo.ipynb 36
 from .engine import Method
 
 class PhotoGeoMethod(Method):
@@ -343,7 +345,7 @@ class PhotoGeoMethod(Method):
         if self.features is not None: self.features.to(x.device)
         return photogeo_losses(engine['model'](x), x, self.cfg, self.features)
 
-# %% ../nbs/12_photogeo.ipynb 36
+# %% ../nbs/12_photogeo.ipynb 38
 def synthfaces_batches(batch: int = 16, seed: int = 0):
     "batch(step, rank, world): a new set of `batch` SynthFaces renders at 64 px for every step, deterministic in (seed, step)."
     from disentangle import synthfaces
@@ -362,7 +364,7 @@ def train_photogeo(cfg: PhotoGeoConfig = PhotoGeoConfig(), steps: int = 4000, ba
                  EngineConfig(steps=steps, out_dir=str(out_dir), seed=seed, progress=progress, **engine_kw)).fit()
     return eng.ema_module('model').eval()
 
-# %% ../nbs/12_photogeo.ipynb 38
+# %% ../nbs/12_photogeo.ipynb 40
 def save_photogeo(model: PhotoGeo, path, half: bool = False, **info) -> Path:
     "Save `model` (weights, config and `info`) as one safetensors file; `half`: weights in float16 (half the size)."
     dt = torch.float16 if half else torch.float32
@@ -389,7 +391,7 @@ def pretrained_photogeo(device='cpu') -> PhotoGeo:
     if not path.exists(): raise FileNotFoundError(f"the bundled decomposer {path} is missing; train one with PhotoGeoMethod and save_photogeo")
     return load_photogeo(path, device)
 
-# %% ../nbs/12_photogeo.ipynb 41
+# %% ../nbs/12_photogeo.ipynb 43
 FACE_CLASSES = ('skin', 'nose', 'l_eye', 'r_eye', 'l_brow', 'r_brow', 'mouth', 'u_lip', 'l_lip')
 
 def face_mask(mask_canon, erode=1):
@@ -427,7 +429,7 @@ def score_decomposition(model: PhotoGeo, batch: dict, chunk=64) -> dict:
     out['mad_flat'] = float(mad(depth_normals(flat, fov), n_gt, mask).mean())
     return out
 
-# %% ../nbs/12_photogeo.ipynb 43
+# %% ../nbs/12_photogeo.ipynb 45
 @torch.no_grad()
 def agreement(a: PhotoGeo, b: PhotoGeo, batch: dict, chunk=64) -> dict:
     "How much two decomposers agree on a SynthFaces batch: light/view correlations and the MAD between their depths."
