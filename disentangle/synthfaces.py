@@ -15,7 +15,7 @@ from .core import BatchLoader, atomic_folder, collate_batched
 __all__ = ['CLASSES', 'C', 'FACTORS', 'FACTOR_NAMES', 'FI', 'REGION_CLASSES', 'GLASSES_P', 'ID_STREAM', 'ATTR_STREAM',
            'PICK_STREAM', 'SKIN', 'HAIR', 'IRIS', 'LIPS', 'BROW', 'LASH', 'SCLERA', 'PUPIL', 'TEETH', 'MOUTH_IN',
            'FRAME', 'LENS', 'H_SKULL', 'SKULL', 'PIVOT_Z', 'EYE_Y', 'NOSE_Y', 'MOUTH_Y', 'BROW_X', 'HAIR_Y', 'LENS_X',
-           'LENS_R', 'FRAME_W', 'FEATURES', 'NOSE_TIP', 'MOVING', 'SEQ_STREAM', 'DATA_STREAM', 'SPLIT_STREAM',
+           'LENS_R', 'FRAME_W', 'FEATURES', 'NOSE_TIP', 'REACH', 'MOVING', 'SEQ_STREAM', 'DATA_STREAM', 'SPLIT_STREAM',
            'CACHE_KEYS', 'RENDER_VERSION', 'Factor', 'hash_uniform', 'factors_from_keys', 'sample_factors',
            'factor_classes', 'P', 'height', 'grid', 'paint', 'rotation', 'normals', 'shade', 'unproject', 'project',
            'landmarks_canonical', 'light_view', 'render_factors', 'render', 'render_sequence', 'SynthFaces',
@@ -304,7 +304,9 @@ def _span(lo, hi, size):  # the pixels whose centres (2i + 1) / size - 1 lie in 
 def paint(p, size, boxes=True):
     """Albedo (B,3,H,W), labels (B,H,W), object coverage (B,H,W) and the background colour (B,3,1,1) on the
     canonical `grid(size)`: skin, nose, mouth, glasses, eyes, brows, then hair, each an anti-aliased layer over the
-    last. `boxes=False` evaluates every layer on every pixel (the reference the boxes are checked against)."""
+    last; then the albedo and coverage without the hair, and the albedo of the bare skin (no features, no hair),
+    which the image frame uses away from the hair's and the features' masks.
+    `boxes=False` evaluates every layer on every pixel (the reference the boxes are checked against)."""
     B = p.face_a.shape[0]; pix = 2 / size
     u, v = grid(size, p.face_a.dtype)
     shape = (B, size, size)
@@ -318,6 +320,7 @@ def paint(p, size, boxes=True):
     alb = (skin * 0.82).expand(B, 3, size, size)
     lab = torch.full(shape, C['neck'], dtype=torch.uint8)
     alb, lab = _over(alb, lab, a_face, skin, C['skin'])
+    alb_skin = alb.clone()
     m = 0.04 + 2 * pix
     for layer, (u0, u1, v0, v1) in FEATURES:
         rs, cs = (_span(v0 - m, v1 + m, size), _span(u0 - m, u1 + m, size)) if boxes else (slice(None), slice(None))
@@ -334,11 +337,12 @@ def paint(p, size, boxes=True):
     # object coverage: face, neck and hair; the neck/face albedo is kept un-premultiplied
     alpha = torch.maximum(torch.maximum(a_face, a_neck), a_out)
     w_h = a_hair / alpha.clamp(min=1e-6)
+    alb_bare, alpha_bare = alb, torch.maximum(a_face, a_neck)
     alb = alb + (hair - alb) * w_h.unsqueeze(1)
     lab = torch.where(a_hair >= 0.5, torch.as_tensor(C['hair'], dtype=lab.dtype), lab)
     lab = torch.where(alpha < 0.5, torch.as_tensor(C['background'], dtype=lab.dtype), lab)
     bg = _hsv(p.background.view(-1), torch.full((B,), 0.3), torch.full((B,), 0.78)).view(B, 3, 1, 1)
-    return alb, lab, alpha, bg
+    return alb, lab, alpha, bg, alb_bare, alpha_bare, alb_skin
 
 # %% ../nbs/01_synthfaces.ipynb 39
 def rotation(pitch, yaw, roll):
@@ -399,6 +403,15 @@ def landmarks_canonical(p):
     return torch.stack([us, vs], -1)
 
 # %% ../nbs/01_synthfaces.ipynb 48
+REACH = 2   # px: the hair's and the features' colours show only this close to a pixel with their label
+_NOT_FEATURE = ('background', 'skin', 'neck', 'hair')
+
+def _is_feature(lab):   # labels (B,H,W) of a face feature: nose, eyes, brows, glasses, mouth, lips
+    out = torch.ones_like(lab, dtype=torch.bool)
+    for c in _NOT_FEATURE: out = out & (lab != C[c])
+    return out
+
+
 def _canonical(f, size, alb, lab, alpha, bg):   # the canonical maps from the painted layers
     p = P(f); B = f.shape[0]
     u, v = grid(size, f.dtype)
@@ -417,6 +430,12 @@ def _image_frame(f, size, g, maps, lab_near, bg):   # shade the sampled maps wit
     p = P(f)
     R = rotation(p.pitch.view(-1), p.yaw.view(-1), p.roll.view(-1))
     ui, vi = g[..., 0], g[..., 1]
+    # maps: premultiplied albedo and coverage with everything (channels 0-3), without the hair (4-7) and the bare
+    # skin's albedo (8-10, coverage 7); a pixel more than REACH px from every pixel labelled hair takes the hairless
+    # maps, and from every pixel labelled a feature too, the bare skin's (sub-pixel slivers stay local)
+    lab_h = torch.where(maps[:, 3] >= 0.5, lab_near[:, 0], torch.zeros_like(lab_near[:, 0]))
+    near = F.max_pool2d(torch.stack([lab_h == C['hair'], _is_feature(lab_h)], 1).to(maps.dtype), 2 * REACH + 1, 1, REACH) > 0
+    maps = torch.where(near[:, :1], maps[:, :4], torch.where(near[:, 1:], maps[:, 4:8], torch.cat([maps[:, 8:11], maps[:, 7:8]], 1)))
     a4 = maps[:, 3:]
     alb_i = maps[:, :3] / a4.clamp(min=1e-6)
     lab_i = torch.where(a4[:, 0] >= 0.5, lab_near[:, 0].to(torch.uint8), torch.zeros((), dtype=torch.uint8))
@@ -443,11 +462,11 @@ def _stages(compiled):
 
 def _render_chunk(f, size, compiled=False):
     canonical, visible, image_frame = _stages(compiled)
-    alb, lab, alpha, bg = paint(P(f), size)
+    alb, lab, alpha, bg, alb0, alpha0, alb_skin = paint(P(f), size)
     out = canonical(f, size, alb, lab, alpha, bg)
     g = visible(f, size)
-    a1 = alpha.unsqueeze(1)   # sample premultiplied albedo so that nothing outside the face leaks in at its edge
-    maps = F.grid_sample(torch.cat([alb * a1, a1], 1), g, mode='bilinear', padding_mode='border', align_corners=False)
+    a1, a0 = alpha.unsqueeze(1), alpha0.unsqueeze(1)   # premultiplied albedo: nothing outside the face leaks in at its edge
+    maps = F.grid_sample(torch.cat([alb * a1, a1, alb0 * a0, a0, alb_skin * a0], 1), g, mode='bilinear', padding_mode='border', align_corners=False)
     lab_near = F.grid_sample(lab.unsqueeze(1).to(f.dtype), g, mode='nearest', padding_mode='border', align_corners=False)
     out.update(image_frame(f, size, g, maps, lab_near, bg))
     return out
@@ -502,7 +521,7 @@ def render_sequence(n_frames=32, identity=0, size=64, seed=0, **fixed):
 
 # %% ../nbs/01_synthfaces.ipynb 60
 CACHE_KEYS = ('image', 'mask', 'landmarks', 'factors', 'identity')
-RENDER_VERSION = 2
+RENDER_VERSION = 3
 
 # %% ../nbs/01_synthfaces.ipynb 61
 class SynthFaces(torch.utils.data.Dataset):
