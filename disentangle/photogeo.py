@@ -15,7 +15,7 @@ __all__ = ['ROT_CENTER', 'ROT_SCALE', 'TRANS_SCALE', 'EPS', 'VGG_CONVS', 'FACE_C
            'render', 'side', 'mad', 'PhotoGeoConfig', 'EncoderDecoder', 'ConfNet', 'PhotoGeo', 'photometric_loss',
            'perceptual_loss', 'VGG16Relu33', 'load_vgg16', 'perceptual_net', 'depth_smoothness', 'photogeo_losses',
            'PhotoGeoMethod', 'synthfaces_batches', 'train_photogeo', 'save_photogeo', 'load_photogeo',
-           'pretrained_photogeo', 'face_mask', 'score_decomposition', 'agreement']
+           'pretrained_photogeo', 'face_mask', 'score_decomposition', 'agreement', 'face_pixels', 'fit_light']
 
 # %% ../nbs/12_photogeo.ipynb 5
 ROT_CENTER = (0., 0., 1.)            # the canonical face turns about this point
@@ -407,8 +407,9 @@ def _corr(a, b):
     return float((a * b).sum() / (a.norm() * b.norm()).clamp(min=1e-12))
 
 @torch.no_grad()
-def score_decomposition(model: PhotoGeo, batch: dict, chunk=64) -> dict:
-    "SIDE, MAD (degrees) and light/view correlations of `model` on a SynthFaces batch with its ground truth."
+def score_decomposition(model: PhotoGeo, batch: dict, chunk=64, fit: bool = False) -> dict:
+    """SIDE, MAD (degrees) and light/view correlations of `model` on a SynthFaces batch with its ground truth;
+    `fit`: also those of the light fitted to its decomposition (`fit_light`, defined below), as `corr_fit_light_x`, `_y`."""
     from disentangle import synthfaces as sf
     dev = next(model.parameters()).device
     outs = [model(batch['image'][i:i + chunk].to(dev)) for i in range(0, len(batch['image']), chunk)]
@@ -427,6 +428,9 @@ def score_decomposition(model: PhotoGeo, batch: dict, chunk=64) -> dict:
     flat = torch.full_like(depth, 1.0)
     out['side_flat'] = float(side(flat + 1e-4 * torch.randn_like(flat), gt, mask).mean())
     out['mad_flat'] = float(mad(depth_normals(flat, fov), n_gt, mask).mean())
+    if fit:
+        lf = torch.cat([fit_light(model, batch['image'][i:i + chunk].to(dev), out=o).cpu() for i, o in zip(range(0, len(batch['image']), chunk), outs)])
+        for j, k in ((2, 'light_x'), (3, 'light_y')): out[f'corr_fit_{k}'] = _corr(lf[:, j], -light_gt[:, j])
     return out
 
 # %% ../nbs/12_photogeo.ipynb 45
@@ -443,3 +447,61 @@ def agreement(a: PhotoGeo, b: PhotoGeo, batch: dict, chunk=64) -> dict:
     for j, k in enumerate(('ambient', 'diffuse', 'light_x', 'light_y')): out[f'corr_{k}'] = _corr(A['light'][:, j], B['light'][:, j])
     for j, k in enumerate(('pitch', 'yaw', 'roll')): out[f'corr_{k}'] = _corr(A['view'][:, j], B['view'][:, j])
     return out
+
+# %% ../nbs/12_photogeo.ipynb 51
+def face_pixels(x, parser=None) -> torch.Tensor:
+    "Face-part pixels (B, H, W) bool of images x (B, 3, H, W) in [-1, 1], by a face parser (default: the bundled SynthFaces `parser`)."
+    from disentangle import perception as P
+    from disentangle.synthfaces import C
+    parser = parser if parser is not None else P.pretrained('parser', x.device)
+    ids = torch.tensor([C[c] for c in FACE_CLASSES], device=x.device)
+    return torch.isin(parser.parse(x).long(), ids)
+
+@torch.no_grad()
+def fit_light(model: PhotoGeo, x, weight=None, out=None, step: float = 0.05, max_climb: int = 8) -> torch.Tensor:
+    """The light (B, 4) that best re-renders images x (B, 3, 64, 64) with the model's own depth, albedo and view
+    (from `out`, a dict with those keys, or the model's forward): the best ambient and diffuse by least squares for
+    every direction on a grid of `step` over [-1, 1]^2 (shading unclamped), then from the best a climb of at most
+    `max_climb` moves on the grid by the residual of the clamped shading. `weight` (B, H, W):
+    the pixels that count (default: `face_pixels(x)`), times those the view sees."""
+    c = model.cfg
+    if x.ndim != 4 or x.shape[1] != 3: raise ValueError(f"fit_light takes images (B, 3, H, W), got {tuple(x.shape)}")
+    out = out if out is not None else model(x)
+    depth, albedo, view = out['depth'], out['albedo'], out['view']
+    weight = face_pixels(x) if weight is None else weight
+    if weight.shape != depth.shape: raise ValueError(f"weight must have shape {tuple(depth.shape)} (B, H, W), got {tuple(weight.shape)}")
+    n, a = depth_normals(depth, c.fov), (albedo + 1) / 2
+    z, q = view_depth(depth, view, c.warp_iters, c.fov)                    # the warp, shared by every map below
+    S = depth.shape[-1]
+    valid = (q >= -0.5).all(-1) & (q <= S - 0.5).all(-1) & (z < 1.2)
+    w = (weight.double() * valid.double()).flatten(1)[:, None, None]
+    y = ((x.double() + 1) / 2).flatten(2)
+    def gram(maps):   # Gram matrix (B, k, k) of the warped maps and their products with the image (B, k)
+        M = sample(maps, q).view(len(x), -1, 3, S * S).double()               # float64: the maps are nearly collinear
+        return torch.einsum('bkcp,bjcp->bkj', M * w, M), torch.einsum('bkcp,bcp->bk', M * w, y)
+    A, r = gram(torch.cat([a] + [a * n[..., k, None].permute(0, 3, 1, 2) for k in range(3)], 1))
+    g = torch.linspace(-1, 1, round(2 / step) + 1, dtype=torch.float64, device=x.device)
+    lx, ly = (t.flatten() for t in torch.meshgrid(g, g, indexing='ij'))
+    V = torch.stack([torch.zeros_like(lx), lx, ly, torch.ones_like(lx)], 1) / torch.sqrt(lx * lx + ly * ly + 1)[:, None]
+    AV = torch.einsum('bij,kj->bki', A, V)
+    vAv, a0v, A00, r0, rv = (AV * V).sum(-1), AV[..., 0], A[:, :1, 0], r[:, :1], r @ V.T
+    def strengths(A00, a0v, vAv, r0, rv):   # the best (k_a, k_d) in the head's ranges and the residual (up to |y|^2)
+        kd = ((A00 * rv - a0v * r0) / (A00 * vAv - a0v * a0v).clamp(min=1e-12)).clamp(c.kd_min, 1)
+        ka = ((r0 - kd * a0v) / A00.clamp(min=1e-12)).clamp(0, 1)
+        return ka, kd, ka * ka * A00 + 2 * ka * kd * a0v + kd * kd * vAv - 2 * ka * r0 - 2 * kd * rv
+    best = strengths(A00, a0v, vAv, r0, rv)[2].argmin(1)
+    # then the exact model, with the clamp max(0, n . l): climb the grid from there, 3 x 3 directions at a time
+    centre, i = torch.stack([lx[best], ly[best]], 1), torch.arange(len(x), device=x.device)
+    for _ in range(max_climb):
+        cands = []
+        for du in (0, -1, 1):
+            for dv in (0, -1, 1):
+                lxy = (centre + torch.tensor([du, dv], dtype=centre.dtype, device=x.device) * step).clamp(-1, 1)
+                d = (n * light_direction(torch.cat([lxy, lxy], 1).to(x.dtype))[:, None, None]).sum(-1).clamp(min=0)
+                A2, r2 = gram(torch.cat([a, a * d[:, None]], 1))
+                cands.append((lxy,) + strengths(A2[:, 0, 0], A2[:, 0, 1], A2[:, 1, 1], r2[:, 0], r2[:, 1]))
+        pick = torch.stack([cd[3] for cd in cands], 1).argmin(1)             # ties keep the centre (listed first)
+        lxy, ka, kd = (torch.stack([cd[j] for cd in cands], 1)[i, pick] for j in (0, 1, 2))
+        if (pick == 0).all(): break
+        centre = lxy
+    return torch.cat([torch.stack([ka, kd], 1), lxy], 1).to(x.dtype)

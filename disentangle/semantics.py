@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from . import photogeo as pg, synthfaces as sf
 
 # %% auto 0
-__all__ = ['ENVIRONMENT', 'REGIONS', 'ENV_FACTORS', 'ASK_ENV', 'sample_w', 'generate', 'decompose', 'SemanticsConfig',
-           'region_templates', 'LinearSemantics', 'sample_and_decompose', 'fit_semantics', 'ganspace', 'interfacegan',
-           'Judges', 'judges', 'measure_edit', 'factor_response', 'name_local', 'edit_targets', 'ganspace_axis',
-           'beats', 'compare_edits', 'edit_table', 'AugmentConfig', 'yaw_class', 'unbalanced_data', 'train_classifier',
-           'balanced_accuracy', 'extrapolate', 'augmentation_study']
+__all__ = ['LIGHT_READERS', 'ENVIRONMENT', 'REGIONS', 'ENV_FACTORS', 'ASK_ENV', 'sample_w', 'generate', 'decompose',
+           'SemanticsConfig', 'region_templates', 'LinearSemantics', 'sample_and_decompose', 'fit_semantics',
+           'ganspace', 'interfacegan', 'Judges', 'judges', 'measure_edit', 'factor_response', 'name_local',
+           'edit_targets', 'ganspace_axis', 'beats', 'compare_edits', 'edit_table', 'AugmentConfig', 'yaw_class',
+           'unbalanced_data', 'train_classifier', 'balanced_accuracy', 'extrapolate', 'augmentation_study']
 
 # %% ../nbs/13_linear_semantics.ipynb 5
 @torch.no_grad()
@@ -34,15 +34,25 @@ def generate(G, w: torch.Tensor, batch: int = 128, size: int = 64) -> torch.Tens
         return (im if im.shape[-1] == size else F.interpolate(im, size=size, mode='area')).cpu()
     return torch.cat([one(w[i:i + batch]) for i in range(0, len(w), batch)])
 
+LIGHT_READERS = ('fit', 'fit_confidence', 'head')
+
 @torch.no_grad()
-def decompose(model: pg.PhotoGeo, images: torch.Tensor, batch: int = 128) -> dict:
-    "View angles (n, 3) in radians (pitch, yaw, roll), light (n, 4), canonical depth (n, H, W), albedo and image (n, 3, H, W)."
+def decompose(model: pg.PhotoGeo, images: torch.Tensor, batch: int = 128, light: str = 'fit', parser=None) -> dict:
+    """View angles (n, 3) in radians (pitch, yaw, roll), light (n, 4), canonical depth (n, H, W), albedo and image (n, 3, H, W).
+    `light`: 'fit' (`photogeo.fit_light` on the face pixels of `parser`, default the bundled SynthFaces one),
+    'fit_confidence' (fitted with the decomposer's confidence 1/sigma as weights: no parser, any domain) or 'head'
+    (the decomposer's light net)."""
+    if light not in LIGHT_READERS: raise ValueError(f"light must be one of {LIGHT_READERS}, got {light!r}")
     dev = next(model.parameters()).device
     keys = ('view', 'light', 'depth', 'albedo', 'canon')
     parts = {k: [] for k in keys}
     for i in range(0, len(images), batch):
         x = images[i:i + batch].to(dev)
         d, a, l, v = model.depth(x), model.net_albedo(x), model.light(x), model.view(x)
+        if model.cfg.symmetric_albedo: a = (a + a.flip(3)) / 2
+        if light != 'head':
+            weight = pg.face_pixels(x, parser) if light == 'fit' else 1 / model.net_conf(x)[0][:, 0]
+            l = pg.fit_light(model, x, weight, out={'depth': d, 'albedo': a, 'view': v})
         canon = pg.canonical_image(a, d, l, model.cfg.fov)
         for k, t in zip(keys, (v[:, :3] * pg.ROT_SCALE, l, d, a, canon)): parts[k].append(t.cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
@@ -61,6 +71,7 @@ class SemanticsConfig:
     template_frac: float = 0.4         # a pixel is in a region's template when the parser puts it there this often
     ridge: float = 1e-3                # ridge of the dense regression (relative to the sample count)
     lasso: float = 0.02                # l1 weight of the sparse directions (relative to the spread of w)
+    light: str = 'fit'                 # how the light is read (`decompose`): fit, fit_confidence or head
 
 def region_templates(canon: torch.Tensor, regions=REGIONS, frac=0.4, parser=None) -> dict:
     "Boolean (H, W) template per region: pixels the parser labels with the region's classes in >= `frac` of the canonical images."
@@ -128,11 +139,11 @@ class LinearSemantics:
         return (self.D_sparse == 0).float().mean(1)
 
 # %% ../nbs/13_linear_semantics.ipynb 10
-def sample_and_decompose(G, model: pg.PhotoGeo, n: int, seed: int = 0) -> tuple:
-    "(w (n, D), images (n, 3, S, S), decomposition) of n seeded samples of G."
+def sample_and_decompose(G, model: pg.PhotoGeo, n: int, seed: int = 0, light: str = 'fit') -> tuple:
+    "(w (n, D), images (n, 3, S, S), decomposition) of n seeded samples of G; `light` as in `decompose`."
     w = sample_w(G, n, seed)
     images = generate(G, w)
-    return w, images, decompose(model, images)
+    return w, images, decompose(model, images, light=light)
 
 def _r2(pred, y):
     return 1 - ((pred - y) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0).clamp(min=1e-12)
@@ -359,9 +370,9 @@ def balanced_accuracy(net, x, y) -> dict:
 def extrapolate(G, model, ls: LinearSemantics, semantic: str, train, cfg: AugmentConfig, sparse: bool = True) -> tuple:
     "(images, labels): n_aug generated faces moved along `semantic` to each class's values (from its training faces)."
     k, d = ls.index(semantic), ls.direction(semantic, sparse)
-    s_train = ls.semantics(decompose(model, train[0]))[:, k]
+    s_train = ls.semantics(decompose(model, train[0], light=ls.cfg.light))[:, k]
     w = sample_w(G, cfg.n_aug, cfg.seed + 30_000)
-    s = ls.semantics(decompose(model, generate(G, w)))[:, k]
+    s = ls.semantics(decompose(model, generate(G, w), light=ls.cfg.light))[:, k]
     g = torch.Generator().manual_seed(cfg.seed)
     xs, ys = [], []
     for c in range(3):

@@ -41,6 +41,7 @@ def test_reproduce_tiny(tmp_path):
     assert 0 <= m["zerodim.labeled_accuracy"] <= 1 and np.isfinite(m["zerodim.residual_leakage"])
     assert -1 <= m["idmap.method.id_similarity"] <= 1 and np.isfinite(m["idmap.baseline.landmark_nme"])
     assert 0 <= m["photogeo.mad"] <= 180 and -1 <= m["semantics.yaw.ours.identity"] <= 1
+    assert -1 <= m["photogeo.corr_fit_light_x"] <= 1 and -1 <= m["semantics.light_x.ours.identity"] <= 1
     assert 0 <= m["semantics.augment.augmented.balanced_accuracy"] <= 1
     assert {p.name for p in run.glob("*.png")} >= {"faces.png", "traversals.png", "masks.png", "photogeometry.png", "sequence.png",
                                                     "zerodim_object_hue.png", "idmap_swaps.png", "semantics_edits.png", "methods_side_by_side.png"}

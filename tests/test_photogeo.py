@@ -109,3 +109,35 @@ def test_train_photogeo_tiny(tmp_path):
     assert any(p.name.startswith("ckpt-") for p in tmp_path.iterdir())
     b1, b2 = G.synthfaces_batches(4, seed=3)(5), G.synthfaces_batches(4, seed=3)(5)
     torch.testing.assert_close(b1["image"], b2["image"])
+
+
+def _true_decomposition(n=3, seed=11):
+    "SynthFaces' own depth and albedo of n faces as a PhotoGeo decomposition, seen from a turned view."
+    r = sf.render(n, size=64, seed=seed)
+    depth = 1 - (1 - r["depth"][:, 0]) * math.tan(math.radians(10.) / 2)
+    view = torch.tensor([[-0.1, 0.15, 0.0, 0., 0., 0.]]).repeat(n, 1)
+    return r, {"depth": depth, "albedo": r["albedo"] * 2 - 1, "view": view}
+
+
+def test_fit_light_recovers_the_light_it_rendered():
+    "Rendering a decomposition under lights on the search grid and fitting gives those lights back, on any weights."
+    r, out = _true_decomposition()
+    m = G.PhotoGeo(G.PhotoGeoConfig(nf=8, zdim=16)).eval()
+    L = torch.tensor([[0.45, 0.35, -0.4, 0.2], [0.3, 0.5, 0.85, -0.7], [0.6, 0.3, 0.0, 0.55]])
+    img = G.render(G.canonical_image(out["albedo"], out["depth"], L), out["depth"], out["view"], 6)[0]
+    for weight in (G.face_mask(r["mask_canon"]).float(), torch.ones(3, 64, 64)):
+        torch.testing.assert_close(G.fit_light(m, img, weight, out=out), L, atol=2e-3, rtol=0)
+    with pytest.raises(ValueError, match=r"fit_light takes images \(B, 3, H, W\)"): G.fit_light(m, img[:, 0], out=out)
+    with pytest.raises(ValueError, match=r"weight must have shape \(3, 64, 64\)"): G.fit_light(m, img, torch.ones(3, 64), out=out)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_light_on_cuda_matches_cpu():
+    r, out = _true_decomposition()
+    m = G.PhotoGeo(G.PhotoGeoConfig(nf=8, zdim=16)).eval()
+    L = torch.tensor([[0.45, 0.35, -0.4, 0.2], [0.3, 0.5, 0.85, -0.7], [0.6, 0.3, 0.0, 0.55]])
+    img = G.render(G.canonical_image(out["albedo"], out["depth"], L), out["depth"], out["view"], 6)[0]
+    w = G.face_mask(r["mask_canon"]).float()
+    cpu = G.fit_light(m, img, w, out=out)
+    gpu = G.fit_light(m.cuda(), img.cuda(), w.cuda(), out={k: v.cuda() for k, v in out.items()}).cpu()
+    torch.testing.assert_close(gpu, cpu, atol=1e-3, rtol=0)

@@ -90,7 +90,7 @@ def test_semantics_experiment_tiny(tmp_path):
                                            aug_steps=2, aug_seeds=1, aug_few=3),
                          out=tmp_path, experiments=REPO / "nbs" / "experiments")
     m = json.loads((run / "metrics.json").read_text())
-    assert 0 <= m["photogeo.mad"] <= 180 and -1 <= m["photogeo.corr_yaw"] <= 1
+    assert 0 <= m["photogeo.mad"] <= 180 and -1 <= m["photogeo.corr_yaw"] <= 1 and -1 <= m["photogeo.corr_fit_light_x"] <= 1
     assert np.isfinite(m["semantics.r2.yaw"]) and 0 <= m["semantics.sparsity.yaw"] <= 1
     assert -1 <= m["edit.yaw.ours.identity"] <= 1 and -1 <= m["edit.yaw.ganspace.identity"] <= 1
     assert 0 <= m["augment.augmented.balanced_accuracy"] <= 1 and np.isfinite(m["augment.gain.balanced_accuracy"])
@@ -101,3 +101,19 @@ def test_semantics_experiment_refuses_real_data_without_training(tmp_path):
     from disentangle.cli import run_experiment
     with pytest.raises(Exception, match="photogeo_steps"):
         run_experiment("semantics", dict(data="celeba", data_root=str(tmp_path)), out=tmp_path, experiments=REPO / "nbs" / "experiments")
+
+
+def test_decompose_light_readers():
+    "The light is the head's, or fitted to the face (the parser's pixels or the confidence); a reader name is checked."
+    model = pg.pretrained_photogeo()
+    x = sf.render(6, size=64, seed=5)["image"]
+    head = se.decompose(model, x, light="head")
+    torch.testing.assert_close(head["light"], model.light(x))
+    fit = se.decompose(model, x)
+    torch.testing.assert_close(fit["light"], pg.fit_light(model, x))
+    conf = se.decompose(model, x, light="fit_confidence")
+    for d in (fit, conf):
+        assert d["light"].shape == (6, 4) and (d["light"][:, 2:].abs() <= 1).all()
+        torch.testing.assert_close(d["depth"], head["depth"]); torch.testing.assert_close(d["view"], head["view"])
+    assert not torch.allclose(fit["light"], head["light"])
+    with pytest.raises(ValueError, match="light must be one of"): se.decompose(model, x, light="sun")
