@@ -304,8 +304,8 @@ def _span(lo, hi, size):  # the pixels whose centres (2i + 1) / size - 1 lie in 
 def paint(p, size, boxes=True):
     """Albedo (B,3,H,W), labels (B,H,W), object coverage (B,H,W) and the background colour (B,3,1,1) on the
     canonical `grid(size)`: skin, nose, mouth, glasses, eyes, brows, then hair, each an anti-aliased layer over the
-    last; then the albedo and coverage without the hair, and the albedo of the bare skin (no features, no hair),
-    which the image frame uses away from the hair's and the features' masks.
+    last; then the albedo and coverage without the hair, and the bare skin's albedo (no features, no hair) as a
+    fraction of the skin colour, which the image frame uses away from the hair's and the features' masks.
     `boxes=False` evaluates every layer on every pixel (the reference the boxes are checked against)."""
     B = p.face_a.shape[0]; pix = 2 / size
     u, v = grid(size, p.face_a.dtype)
@@ -320,7 +320,7 @@ def paint(p, size, boxes=True):
     alb = (skin * 0.82).expand(B, 3, size, size)
     lab = torch.full(shape, C['neck'], dtype=torch.uint8)
     alb, lab = _over(alb, lab, a_face, skin, C['skin'])
-    alb_skin = alb.clone()
+    skin_frac = 0.82 + 0.18 * a_face   # the bare skin's albedo over the skin colour (neck 0.82, face 1)
     m = 0.04 + 2 * pix
     for layer, (u0, u1, v0, v1) in FEATURES:
         rs, cs = (_span(v0 - m, v1 + m, size), _span(u0 - m, u1 + m, size)) if boxes else (slice(None), slice(None))
@@ -342,7 +342,7 @@ def paint(p, size, boxes=True):
     lab = torch.where(a_hair >= 0.5, torch.as_tensor(C['hair'], dtype=lab.dtype), lab)
     lab = torch.where(alpha < 0.5, torch.as_tensor(C['background'], dtype=lab.dtype), lab)
     bg = _hsv(p.background.view(-1), torch.full((B,), 0.3), torch.full((B,), 0.78)).view(B, 3, 1, 1)
-    return alb, lab, alpha, bg, alb_bare, alpha_bare, alb_skin
+    return alb, lab, alpha, bg, alb_bare, alpha_bare, skin_frac
 
 # %% ../nbs/01_synthfaces.ipynb 39
 def rotation(pitch, yaw, roll):
@@ -411,6 +411,15 @@ def _is_feature(lab):   # labels (B,H,W) of a face feature: nose, eyes, brows, g
     for c in _NOT_FEATURE: out = out & (lab != C[c])
     return out
 
+def _dilate(m, r):   # max over the (2r+1)^2 window of each pixel (B,C,H,W), 0 outside; shifted maxima fuse when compiled
+    H, W = m.shape[-2:]
+    p = F.pad(m, (r, r, r, r))
+    row = p[..., 0:W]
+    for k in range(1, 2 * r + 1): row = torch.maximum(row, p[..., k:k + W])
+    out = row[..., 0:H, :]
+    for k in range(1, 2 * r + 1): out = torch.maximum(out, row[..., k:k + H, :])
+    return out
+
 
 def _canonical(f, size, alb, lab, alpha, bg):   # the canonical maps from the painted layers
     p = P(f); B = f.shape[0]
@@ -426,16 +435,18 @@ def _visible(f, size):     # the canonical point (u, v) each image pixel sees, a
     R = rotation(p.pitch.view(-1), p.yaw.view(-1), p.roll.view(-1))
     return torch.stack(unproject(u, v, R, p), -1)
 
-def _image_frame(f, size, g, maps, lab_near, bg):   # shade the sampled maps with the normal at the visible point
+def _image_frame(f, size, g, maps, lab_near, bg, skin):   # shade the sampled maps with the normal at the visible point
     p = P(f)
     R = rotation(p.pitch.view(-1), p.yaw.view(-1), p.roll.view(-1))
     ui, vi = g[..., 0], g[..., 1]
-    # maps: premultiplied albedo and coverage with everything (channels 0-3), without the hair (4-7) and the bare
-    # skin's albedo (8-10, coverage 7); a pixel more than REACH px from every pixel labelled hair takes the hairless
-    # maps, and from every pixel labelled a feature too, the bare skin's (sub-pixel slivers stay local)
-    lab_h = torch.where(maps[:, 3] >= 0.5, lab_near[:, 0], torch.zeros_like(lab_near[:, 0]))
-    near = F.max_pool2d(torch.stack([lab_h == C['hair'], _is_feature(lab_h)], 1).to(maps.dtype), 2 * REACH + 1, 1, REACH) > 0
-    maps = torch.where(near[:, :1], maps[:, :4], torch.where(near[:, 1:], maps[:, 4:8], torch.cat([maps[:, 8:11], maps[:, 7:8]], 1)))
+    # maps: premultiplied albedo and coverage with everything (channels 0-3), without the hair (4-7), and the bare
+    # skin's premultiplied albedo over the skin colour (8, coverage 7); a pixel more than REACH px from every pixel
+    # labelled hair takes the hairless maps, and from every pixel labelled a feature too, the bare skin's
+    shown = maps[:, 3] >= 0.5
+    near = _dilate(torch.stack([(lab_near[:, 0] == C['hair']) & shown, _is_feature(lab_near[:, 0]) & shown], 1).to(maps.dtype), REACH)
+    nh, nf = near[:, :1], near[:, 1:]   # 0 or 1: the blends below select
+    bare_skin = torch.cat([skin * maps[:, 8:9], maps[:, 7:8]], 1)
+    maps = nh * maps[:, :4] + (1 - nh) * (nf * maps[:, 4:8] + (1 - nf) * bare_skin)
     a4 = maps[:, 3:]
     alb_i = maps[:, :3] / a4.clamp(min=1e-6)
     lab_i = torch.where(a4[:, 0] >= 0.5, lab_near[:, 0].to(torch.uint8), torch.zeros((), dtype=torch.uint8))
@@ -462,13 +473,14 @@ def _stages(compiled):
 
 def _render_chunk(f, size, compiled=False):
     canonical, visible, image_frame = _stages(compiled)
-    alb, lab, alpha, bg, alb0, alpha0, alb_skin = paint(P(f), size)
+    alb, lab, alpha, bg, alb0, alpha0, skin_frac = paint(P(f), size)
     out = canonical(f, size, alb, lab, alpha, bg)
     g = visible(f, size)
     a1, a0 = alpha.unsqueeze(1), alpha0.unsqueeze(1)   # premultiplied albedo: nothing outside the face leaks in at its edge
-    maps = F.grid_sample(torch.cat([alb * a1, a1, alb0 * a0, a0, alb_skin * a0], 1), g, mode='bilinear', padding_mode='border', align_corners=False)
+    maps = F.grid_sample(torch.cat([alb * a1, a1, alb0 * a0, a0, skin_frac.unsqueeze(1) * a0], 1), g, mode='bilinear', padding_mode='border', align_corners=False)
     lab_near = F.grid_sample(lab.unsqueeze(1).to(f.dtype), g, mode='nearest', padding_mode='border', align_corners=False)
-    out.update(image_frame(f, size, g, maps, lab_near, bg))
+    skin = _palette(P(f).skin_tone.view(-1), SKIN).view(-1, 3, 1, 1)
+    out.update(image_frame(f, size, g, maps, lab_near, bg, skin))
     return out
 
 # %% ../nbs/01_synthfaces.ipynb 52
