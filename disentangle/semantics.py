@@ -72,6 +72,8 @@ class SemanticsConfig:
     ridge: float = 1e-3                # ridge of the dense regression (relative to the sample count)
     lasso: float = 0.02                # l1 weight of the sparse directions (relative to the spread of w)
     light: str = 'fit'                 # how the light is read (`decompose`): fit, fit_confidence or head
+    encoding: str = 'forward'          # forward: s from w, edits the least moves that change one semantic alone; inverse: w from s
+    forward_ridge: float = 0.01        # ridge of the forward regression (relative to the sample count)
 
 def region_templates(canon: torch.Tensor, regions=REGIONS, frac=0.4, parser=None) -> dict:
     "Boolean (H, W) template per region: pixels the parser labels with the region's classes in >= `frac` of the canonical images."
@@ -167,10 +169,22 @@ def fit_semantics(w: torch.Tensor, dec: dict, cfg: SemanticsConfig = SemanticsCo
     St = (S - S.mean(0)) / S.std(0).clamp(min=1e-8)
     Wc = (w - ls.w_mean).double()
     K = St.shape[1]
-    ls.D = torch.linalg.solve(St.T @ St + cfg.ridge * n * torch.eye(K, dtype=St.dtype), St.T @ Wc).float()
     scale = float(Wc.std())
-    lasso = Lasso(alpha=cfg.lasso, fit_intercept=False, max_iter=5000).fit(St.numpy(), (Wc / scale).numpy())
-    ls.D_sparse = torch.from_numpy(lasso.coef_.T * scale).float()
+    if cfg.encoding == 'inverse':   # w - w_mean = sum_k s~_k d_k: d_k the mean move of w with s_k, the others fixed
+        ls.D = torch.linalg.solve(St.T @ St + cfg.ridge * n * torch.eye(K, dtype=St.dtype), St.T @ Wc).float()
+        lasso = Lasso(alpha=cfg.lasso, fit_intercept=False, max_iter=5000).fit(St.numpy(), (Wc / scale).numpy())
+        ls.D_sparse = torch.from_numpy(lasso.coef_.T * scale).float()
+    elif cfg.encoding == 'forward':   # s~ = B^T (w - w_mean): d_k the least move with B^T d_k = e_k
+        Dw = Wc.shape[1]
+        B = torch.linalg.solve(Wc.T @ Wc + cfg.forward_ridge * n * torch.eye(Dw, dtype=Wc.dtype), Wc.T @ St)    # (D, K)
+        ls.D = torch.linalg.solve(B.T @ B, B.T).float()                                                            # rows: B (B^T B)^-1 e_k
+        lasso = Lasso(alpha=cfg.lasso, fit_intercept=False, max_iter=5000).fit((Wc / scale).numpy(), St.numpy())
+        Bs = torch.from_numpy(lasso.coef_.T).double() / scale                                                       # (D, K), sparse columns
+        ls.D_sparse = torch.zeros(K, Dw)
+        for k in range(K):   # the least move on semantic k's support that changes it by one and the others least
+            sup = Bs[:, k] != 0
+            if sup.any(): ls.D_sparse[k, sup] = torch.linalg.lstsq(Bs[sup].T, torch.eye(K, dtype=Bs.dtype)[:, k:k + 1]).solution[:, 0].float()
+    else: raise ValueError(f"encoding must be 'forward' or 'inverse', got {cfg.encoding!r}")
     cut = int(0.8 * n)                                          # linearity: s from w on held-out samples
     X1 = torch.cat([Wc, torch.ones(n, 1, dtype=Wc.dtype)], 1)
     beta = torch.linalg.lstsq(X1[:cut], S[:cut]).solution

@@ -29,9 +29,10 @@ def planted(n=400, D=24, seed=0):
     return w, dec, A
 
 
-def test_fit_recovers_a_planted_linear_encoding():
+@pytest.mark.parametrize("encoding", ["forward", "inverse"])
+def test_fit_recovers_a_planted_linear_encoding(encoding):
     w, dec, A = planted()
-    ls = se.fit_semantics(w, dec, se.SemanticsConfig(template_frac=0.3, ridge=1e-6, lasso=1e-3))
+    ls = se.fit_semantics(w, dec, se.SemanticsConfig(template_frac=0.3, ridge=1e-6, forward_ridge=1e-6, lasso=1e-3, encoding=encoding))
     assert ls.names[:7] == list(se.ENVIRONMENT) and len(ls.names) == 7 + 5 * 3
     assert (ls.r2 > 0.99).all(), ls.r2                                    # every semantic is exactly linear in w
     for k in range(7):                                                    # one std along d_k moves s_k by one std, the others not
@@ -52,6 +53,8 @@ def test_fit_errors():
     with pytest.raises(KeyError, match="unknown region 'ears'"): se.region_templates(dec['canon'], regions=('ears',))
     ls = se.fit_semantics(w, dec, se.SemanticsConfig(template_frac=0.3))
     with pytest.raises(KeyError, match="unknown semantic 'smile'"): ls.direction('smile')
+    with pytest.raises(ValueError, match="encoding must be 'forward' or 'inverse', got 'sideways'"):
+        se.fit_semantics(w, dec, se.SemanticsConfig(template_frac=0.3, encoding='sideways'))
     J = se.judges()
     G = sg.pretrained_generator()
     with pytest.raises(KeyError, match="unknown factor 'tan'"): se.measure_edit(G, se.sample_w(G, 2), torch.zeros(256), 'tan', 0.1, J)
