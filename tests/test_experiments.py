@@ -32,7 +32,7 @@ def test_baselines_tiny(tmp_path):
 
 def test_reproduce_tiny(tmp_path):
     run = run_experiment("reproduce", dict(size=32, n_grid=8, n_steps=3, n_frames=4, baseline_steps=4, baseline_metric_scale=0.002, subspaces_steps=3,
-                                                  zerodim_epochs=1, idmap_steps=2, semantics_samples=80, semantics_aug_steps=2, data_scale=0.05),
+                                                  zerodim_epochs=1, idmap_steps=2, semantics_samples=80, semantics_aug_steps=2, data_scale=0.05, threads=1),
                          out=tmp_path, experiments=EXPS)
     m = json.loads((run / "metrics.json").read_text())
     assert m["eye_landmark_in_mask"] >= 0.5 and m["recomposition_mae"] < 1 / 255
@@ -86,7 +86,7 @@ def test_reproduce_tours_a_real_set(tmp_path):
     root = synthfaces_as_celebamask_hq(tmp_path / "hq", n=20)
     run = run_experiment("reproduce", dict(data="celebamask_hq", data_root=str(root), size=32, n_grid=8, n_steps=3, n_frames=4, baseline_steps=2,
                                            baseline_metric_scale=0.002, subspaces_steps=2, zerodim_epochs=1, idmap_steps=2,
-                                           semantics_samples=80, semantics_aug_steps=2, data_scale=0.05),
+                                           semantics_samples=80, semantics_aug_steps=2, data_scale=0.05, threads=1),
                          out=tmp_path / "run", experiments=EXPS)
     m = json.loads((run / "metrics.json").read_text())
     assert m["data.held_out_images"] == 2 and (run / "data_celebamask_hq.png").exists()
