@@ -179,6 +179,7 @@ LENS_X, LENS_R, FRAME_W = 0.26, (0.14, 0.10), 0.018
 # %% ../nbs/01_synthfaces.ipynb 21
 class P:  # named per-image parameters (B,1,1) derived from the factor matrix
     def __init__(self, factors):
+        self.factors = factors
         for n in FACTOR_NAMES: setattr(self, n, factors[:, FI[n]].view(-1, 1, 1))
         f = self
         self.face_a = 0.48 + 0.10 * f.face_width; self.face_b = 0.64 + 0.10 * f.face_length
@@ -301,33 +302,27 @@ def _span(lo, hi, size):  # the pixels whose centres (2i + 1) / size - 1 lie in 
     return slice(a, max(a, b))
 
 # %% ../nbs/01_synthfaces.ipynb 35
-def paint(p, size, boxes=True):
-    """Albedo (B,3,H,W), labels (B,H,W), object coverage (B,H,W) and the background colour (B,3,1,1) on the
-    canonical `grid(size)`: skin, nose, mouth, glasses, eyes, brows, then hair, each an anti-aliased layer over the
-    last; then the albedo and coverage without the hair, and the bare skin's albedo (no features, no hair) as a
-    fraction of the skin colour, which the image frame uses away from the hair's and the features' masks.
-    `boxes=False` evaluates every layer on every pixel (the reference the boxes are checked against)."""
-    B = p.face_a.shape[0]; pix = 2 / size
-    u, v = grid(size, p.face_a.dtype)
-    shape = (B, size, size)
-    uu, vv = u.expand(shape), v.expand(shape)
+def _paint_base(f, size):   # the face oval with a narrower jaw, and the neck below it, over the whole canvas
+    p = P(f); B = f.shape[0]; pix = 2 / size
+    u, v = grid(size, f.dtype)
+    uu, vv = u.expand(B, size, size), v.expand(B, size, size)
     skin = _palette(p.skin_tone.view(-1), SKIN).view(B, 3, 1, 1)
-    # face oval with a narrower jaw, and the neck below it
     t = ((vv - 0.04) / p.face_b).clamp(min=0)
     jaw = p.face_a * (1 - 0.22 * t * t)
     a_face = _cov(_ell_sd(uu, vv, 0., 0.04, jaw, p.face_b), pix)
     a_neck = _cov(torch.maximum(uu.abs() - 0.17, 0.3 - vv), pix)
     alb = (skin * 0.82).expand(B, 3, size, size)
-    lab = torch.full(shape, C['neck'], dtype=torch.uint8)
+    lab = torch.full((B, size, size), C['neck'], dtype=torch.uint8)
     alb, lab = _over(alb, lab, a_face, skin, C['skin'])
     skin_frac = 0.82 + 0.18 * a_face   # the bare skin's albedo over the skin colour (neck 0.82, face 1)
-    m = 0.04 + 2 * pix
-    for layer, (u0, u1, v0, v1) in FEATURES:
-        rs, cs = (_span(v0 - m, v1 + m, size), _span(u0 - m, u1 + m, size)) if boxes else (slice(None), slice(None))
-        a, l = layer(alb[:, :, rs, cs], lab[:, rs, cs], u[:, :, cs].expand(B, 1, -1), v[:, rs].expand(B, -1, 1), p, pix)
-        alb[:, :, rs, cs] = a; lab[:, rs, cs] = l
+    return alb, lab, a_face, a_neck, skin_frac
+
+def _paint_hair(f, size, alb, lab, a_face, a_neck):   # the hair over the painted face, and the object coverage
     # hair: inside its outline, above its length, except the face below the hairline; strands as a triangle wave
     # (outline: an ellipse on top, straight sides below its centre, so hair beside the face is never a sliver)
+    p = P(f); B = f.shape[0]; pix = 2 / size
+    u, v = grid(size, f.dtype)
+    uu, vv = u.expand(B, size, size), v.expand(B, size, size)
     sd_top = torch.where(vv < HAIR_Y, _ell_sd(uu, vv, 0., HAIR_Y, p.hair_a, p.hair_b), uu.abs() - p.hair_a)
     a_out = _cov(sd_top, pix) * _cov(vv - p.hair_len, pix)
     a_hair = a_out * (1 - a_face * _cov(p.hairline_ + 0.12 * uu * uu - vv, pix)) * (1 - a_neck)
@@ -342,7 +337,28 @@ def paint(p, size, boxes=True):
     lab = torch.where(a_hair >= 0.5, torch.as_tensor(C['hair'], dtype=lab.dtype), lab)
     lab = torch.where(alpha < 0.5, torch.as_tensor(C['background'], dtype=lab.dtype), lab)
     bg = _hsv(p.background.view(-1), torch.full((B,), 0.3), torch.full((B,), 0.78)).view(B, 3, 1, 1)
-    return alb, lab, alpha, bg, alb_bare, alpha_bare, skin_frac
+    return alb, lab, alpha, bg, alb_bare, alpha_bare
+
+def paint(p, size, boxes=True, compiled=False):
+    """Albedo (B,3,H,W), labels (B,H,W), object coverage (B,H,W) and the background colour (B,3,1,1) on the
+    canonical `grid(size)`: skin, nose, mouth, glasses, eyes, brows, then hair, each an anti-aliased layer over the
+    last; then the albedo and coverage without the hair, and the bare skin's albedo (no features, no hair) as a
+    fraction of the skin colour, which the image frame uses away from the hair's and the features' masks.
+    `boxes=False` evaluates every layer on every pixel (the reference the boxes are checked against); `compiled`
+    runs the whole-canvas layers (face, neck, hair) through `torch.compile`."""
+    base, hair = (_COMPILED_PAINT.setdefault('b', torch.compile(_paint_base, dynamic=False)),
+                  _COMPILED_PAINT.setdefault('h', torch.compile(_paint_hair, dynamic=False))) if compiled else (_paint_base, _paint_hair)
+    B = p.factors.shape[0]; pix = 2 / size
+    u, v = grid(size, p.factors.dtype)
+    alb, lab, a_face, a_neck, skin_frac = base(p.factors, size)
+    m = 0.04 + 2 * pix
+    for layer, (u0, u1, v0, v1) in FEATURES:
+        rs, cs = (_span(v0 - m, v1 + m, size), _span(u0 - m, u1 + m, size)) if boxes else (slice(None), slice(None))
+        a, l = layer(alb[:, :, rs, cs], lab[:, rs, cs], u[:, :, cs].expand(B, 1, -1), v[:, rs].expand(B, -1, 1), p, pix)
+        alb[:, :, rs, cs] = a; lab[:, rs, cs] = l
+    return hair(p.factors, size, alb, lab, a_face, a_neck) + (skin_frac,)
+
+_COMPILED_PAINT = {}
 
 # %% ../nbs/01_synthfaces.ipynb 39
 def rotation(pitch, yaw, roll):
@@ -473,7 +489,7 @@ def _stages(compiled):
 
 def _render_chunk(f, size, compiled=False):
     canonical, visible, image_frame = _stages(compiled)
-    alb, lab, alpha, bg, alb0, alpha0, skin_frac = paint(P(f), size)
+    alb, lab, alpha, bg, alb0, alpha0, skin_frac = paint(P(f), size, compiled=compiled)
     out = canonical(f, size, alb, lab, alpha, bg)
     g = visible(f, size)
     a1, a0 = alpha.unsqueeze(1), alpha0.unsqueeze(1)   # premultiplied albedo: nothing outside the face leaks in at its edge
