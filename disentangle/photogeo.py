@@ -11,7 +11,7 @@ import torch.nn.functional as F
 # %% auto 0
 __all__ = ['ROT_CENTER', 'ROT_SCALE', 'TRANS_SCALE', 'EPS', 'VGG_CONVS', 'FACE_CLASSES', 'intrinsics', 'pixel_grid',
            'backproject', 'project', 'rotation_matrix', 'view_transform', 'transform', 'inverse_transform',
-           'depth_normals', 'light_direction', 'shading', 'canonical_image', 'to_grid', 'sample', 'view_depth',
+           'depth_normals', 'light_direction', 'shading', 'canonical_image', 'to_grid', 'sample', 'view_depth', 'seen',
            'render', 'side', 'mad', 'PhotoGeoConfig', 'EncoderDecoder', 'ConfNet', 'PhotoGeo', 'photometric_loss',
            'perceptual_loss', 'VGG16Relu33', 'load_vgg16', 'perceptual_net', 'depth_smoothness', 'photogeo_losses',
            'PhotoGeoMethod', 'synthfaces_batches', 'train_photogeo', 'save_photogeo', 'load_photogeo',
@@ -118,12 +118,15 @@ def view_depth(depth, view, iters=8, fov=10.):
     q = project(inverse_transform(backproject(p, z, fov), R, t), S, fov)
     return z, q
 
+def seen(z, q, max_depth=1.2):
+    "Valid target pixels (B, H, W) bool of `view_depth`'s (z, q): their canonical point is on the canvas and nearer than max_depth."
+    S = q.shape[-2]
+    return (q >= -0.5).all(-1) & (q <= S - 0.5).all(-1) & (z < max_depth)
+
 def render(image, depth, view, iters=8, fov=10., max_depth=1.2):
     "(image (B, C, H, W), depth (B, H, W), valid (B, H, W) bool) of canonical maps seen from `view` (B, 6)."
-    S = depth.shape[-1]
     z, q = view_depth(depth, view, iters, fov)
-    inside = (q >= -0.5).all(-1) & (q <= S - 0.5).all(-1)
-    return sample(image, q), z, inside & (z < max_depth)
+    return sample(image, q), z, seen(z, q, max_depth)
 
 # %% ../nbs/12_photogeo.ipynb 21
 def side(depth, depth_gt, mask=None):
@@ -231,10 +234,14 @@ class PhotoGeo(nn.Module):
         o = self.net_view(x)
         return torch.cat([o[:, :5], torch.zeros_like(o[:, 5:])], 1)
 
+    def albedo(self, x):
+        "Canonical albedo (B, 3, H, W) in [-1, 1]; mirror-symmetric with `symmetric_albedo`."
+        a = self.net_albedo(x)
+        return (a + a.flip(3)) / 2 if self.cfg.symmetric_albedo else a
+
     def forward(self, x) -> dict:
         c, B = self.cfg, x.shape[0]
-        depth, albedo, light, view = self.depth(x), self.net_albedo(x), self.light(x), self.view(x)
-        if c.symmetric_albedo: albedo = (albedo + albedo.flip(3)) / 2
+        depth, albedo, light, view = self.depth(x), self.albedo(x), self.light(x), self.view(x)
         depth2, albedo2 = torch.cat([depth, depth.flip(2)]), torch.cat([albedo, albedo.flip(3)])
         light2, view2 = light.repeat(2, 1), view.repeat(2, 1)
         canon = canonical_image(albedo2, depth2, light2, c.fov)
@@ -474,8 +481,7 @@ def fit_light(model: PhotoGeo, x, weight=None, out=None, step: float = 0.05, max
     n, a = depth_normals(depth, c.fov), (albedo + 1) / 2
     z, q = view_depth(depth, view, c.warp_iters, c.fov)                    # the warp, shared by every map below
     S = depth.shape[-1]
-    valid = (q >= -0.5).all(-1) & (q <= S - 0.5).all(-1) & (z < 1.2)
-    w = (weight.double() * valid.double()).flatten(1)[:, None, None]
+    w = (weight.double() * seen(z, q).double()).flatten(1)[:, None, None]
     y = ((x.double() + 1) / 2).flatten(2)
     grid = to_grid(q, S)
     def gram(maps, j=slice(None)):   # Gram matrix (b, k, k) of the warped maps and their products with the image (b, k), faces j

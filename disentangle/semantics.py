@@ -48,8 +48,7 @@ def decompose(model: pg.PhotoGeo, images: torch.Tensor, batch: int = 128, light:
     parts = {k: [] for k in keys}
     for i in range(0, len(images), batch):
         x = images[i:i + batch].to(dev)
-        d, a, l, v = model.depth(x), model.net_albedo(x), model.light(x), model.view(x)
-        if model.cfg.symmetric_albedo: a = (a + a.flip(3)) / 2
+        d, a, l, v = model.depth(x), model.albedo(x), model.light(x), model.view(x)
         if light != 'head':
             weight = pg.face_pixels(x, parser) if light == 'fit' else 1 / model.net_conf(x)[0][:, 0]
             l = pg.fit_light(model, x, weight, out={'depth': d, 'albedo': a, 'view': v})

@@ -346,8 +346,9 @@ def paint(p, size, boxes=True, compiled=False):
     fraction of the skin colour, which the image frame uses away from the hair's and the features' masks.
     `boxes=False` evaluates every layer on every pixel (the reference the boxes are checked against); `compiled`
     runs the whole-canvas layers (face, neck, hair) through `torch.compile`."""
-    base, hair = (_COMPILED_PAINT.setdefault('b', torch.compile(_paint_base, dynamic=False)),
-                  _COMPILED_PAINT.setdefault('h', torch.compile(_paint_hair, dynamic=False))) if compiled else (_paint_base, _paint_hair)
+    if compiled and not _COMPILED_PAINT:
+        _COMPILED_PAINT.update(b=torch.compile(_paint_base, dynamic=False), h=torch.compile(_paint_hair, dynamic=False))
+    base, hair = (_COMPILED_PAINT['b'], _COMPILED_PAINT['h']) if compiled else (_paint_base, _paint_hair)
     B = p.factors.shape[0]; pix = 2 / size
     u, v = grid(size, p.factors.dtype)
     alb, lab, a_face, a_neck, skin_frac = base(p.factors, size)
