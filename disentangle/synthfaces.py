@@ -345,15 +345,16 @@ def paint(p, size, boxes=True, compiled=False):
     last; then the albedo and coverage without the hair, and the bare skin's albedo (no features, no hair) as a
     fraction of the skin colour, which the image frame uses away from the hair's and the features' masks.
     `boxes=False` evaluates every layer on every pixel (the reference the boxes are checked against); `compiled`
-    runs the whole-canvas layers (face, neck, hair) through `torch.compile`."""
+    runs the whole-canvas layers (face, neck, hair) and each feature layer through `torch.compile`."""
     if compiled and not _COMPILED_PAINT:
-        _COMPILED_PAINT.update(b=torch.compile(_paint_base, dynamic=False), h=torch.compile(_paint_hair, dynamic=False))
-    base, hair = (_COMPILED_PAINT['b'], _COMPILED_PAINT['h']) if compiled else (_paint_base, _paint_hair)
+        _COMPILED_PAINT.update(b=torch.compile(_paint_base, dynamic=False), h=torch.compile(_paint_hair, dynamic=False),
+                               layers=[(torch.compile(layer, dynamic=False), box) for layer, box in FEATURES])
+    base, hair, layers = (_COMPILED_PAINT['b'], _COMPILED_PAINT['h'], _COMPILED_PAINT['layers']) if compiled else (_paint_base, _paint_hair, FEATURES)
     B = p.factors.shape[0]; pix = 2 / size
     u, v = grid(size, p.factors.dtype)
     alb, lab, a_face, a_neck, skin_frac = base(p.factors, size)
     m = 0.04 + 2 * pix
-    for layer, (u0, u1, v0, v1) in FEATURES:
+    for layer, (u0, u1, v0, v1) in layers:
         rs, cs = (_span(v0 - m, v1 + m, size), _span(u0 - m, u1 + m, size)) if boxes else (slice(None), slice(None))
         a, l = layer(alb[:, :, rs, cs], lab[:, rs, cs], u[:, :, cs].expand(B, 1, -1), v[:, rs].expand(B, -1, 1), p, pix)
         alb[:, :, rs, cs] = a; lab[:, rs, cs] = l
@@ -428,13 +429,17 @@ def _is_feature(lab):   # labels (B,H,W) of a face feature: nose, eyes, brows, g
     for c in _NOT_FEATURE: out = out & (lab != C[c])
     return out
 
-def _dilate(m, r):   # max over the (2r+1)^2 window of each pixel (B,C,H,W), 0 outside; shifted maxima fuse when compiled
-    H, W = m.shape[-2:]
-    p = F.pad(m, (r, r, r, r))
+def _near(maps, lab_near):   # bit flags (B,H,W) uint8 of the shown pixels labelled hair (bit 0) or a feature (bit 1)
+    shown = maps[:, 3] >= 0.5; l = lab_near[:, 0]
+    return ((l == C['hair']) & shown).to(torch.uint8) | ((_is_feature(l) & shown).to(torch.uint8) << 1)
+
+def _dilate_bits(b, r):   # OR over the (2r+1)^2 window of each pixel of uint8 flags (B,H,W), 0 outside
+    H, W = b.shape[-2:]   # (eager on purpose: a few byte-wide ORs; inductor's uint8 loops and CPU max-pool were slower)
+    p = F.pad(b, (r, r, r, r))
     row = p[..., 0:W]
-    for k in range(1, 2 * r + 1): row = torch.maximum(row, p[..., k:k + W])
+    for k in range(1, 2 * r + 1): row = row | p[..., k:k + W]
     out = row[..., 0:H, :]
-    for k in range(1, 2 * r + 1): out = torch.maximum(out, row[..., k:k + H, :])
+    for k in range(1, 2 * r + 1): out = out | row[..., k:k + H, :]
     return out
 
 
@@ -452,16 +457,15 @@ def _visible(f, size):     # the canonical point (u, v) each image pixel sees, a
     R = rotation(p.pitch.view(-1), p.yaw.view(-1), p.roll.view(-1))
     return torch.stack(unproject(u, v, R, p), -1)
 
-def _image_frame(f, size, g, maps, lab_near, bg, skin):   # shade the sampled maps with the normal at the visible point
+def _image_frame(f, size, g, maps, lab_near, near, bg, skin):   # shade the sampled maps with the normal at the visible point
     p = P(f)
     R = rotation(p.pitch.view(-1), p.yaw.view(-1), p.roll.view(-1))
     ui, vi = g[..., 0], g[..., 1]
     # maps: premultiplied albedo and coverage with everything (channels 0-3), without the hair (4-7), and the bare
     # skin's premultiplied albedo over the skin colour (8, coverage 7); a pixel more than REACH px from every pixel
-    # labelled hair takes the hairless maps, and from every pixel labelled a feature too, the bare skin's
-    shown = maps[:, 3] >= 0.5
-    near = _dilate(torch.stack([(lab_near[:, 0] == C['hair']) & shown, _is_feature(lab_near[:, 0]) & shown], 1).to(maps.dtype), REACH)
-    nh, nf = near[:, :1], near[:, 1:]   # 0 or 1: the blends below select
+    # labelled hair takes the hairless maps, and from every pixel labelled a feature too, the bare skin's (`near`:
+    # `_near`'s flags dilated by REACH)
+    nh, nf = (near & 1).unsqueeze(1).to(maps.dtype), (near >> 1).unsqueeze(1).to(maps.dtype)   # 0 or 1: the blends below select
     bare_skin = torch.cat([skin * maps[:, 8:9], maps[:, 7:8]], 1)
     maps = nh * maps[:, :4] + (1 - nh) * (nf * maps[:, 4:8] + (1 - nf) * bare_skin)
     a4 = maps[:, 3:]
@@ -496,8 +500,9 @@ def _render_chunk(f, size, compiled=False):
     a1, a0 = alpha.unsqueeze(1), alpha0.unsqueeze(1)   # premultiplied albedo: nothing outside the face leaks in at its edge
     maps = F.grid_sample(torch.cat([alb * a1, a1, alb0 * a0, a0, skin_frac.unsqueeze(1) * a0], 1), g, mode='bilinear', padding_mode='border', align_corners=False)
     lab_near = F.grid_sample(lab.unsqueeze(1).to(f.dtype), g, mode='nearest', padding_mode='border', align_corners=False)
+    near = _dilate_bits(_near(maps, lab_near), REACH)
     skin = _palette(P(f).skin_tone.view(-1), SKIN).view(-1, 3, 1, 1)
-    out.update(image_frame(f, size, g, maps, lab_near, bg, skin))
+    out.update(image_frame(f, size, g, maps, lab_near, near, bg, skin))
     return out
 
 # %% ../nbs/01_synthfaces.ipynb 52
