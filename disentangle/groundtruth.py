@@ -15,7 +15,7 @@ from .core import atomic_write
 # %% auto 0
 __all__ = ['DSPRITES_FILE', 'DSPRITES_NAMES', 'DSPRITES_SIZES', 'DSPRITES_VALUES', 'SHAPES3D_FILE', 'SHAPES3D_NAMES',
            'SHAPES3D_SIZES', 'SHAPES3D_VALUES', 'GroundTruth', 'dsprites_render', 'DSprites', 'shapes3d_render',
-           'Shapes3D', 'SynthFacesGrid', 'CachedGrid']
+           'Shapes3D', 'SynthFacesGrid', 'CachedGrid', 'MemoGrid']
 
 # %% ../nbs/02_groundtruth.ipynb 4
 class GroundTruth(abc.ABC):
@@ -270,3 +270,22 @@ class CachedGrid(GroundTruth):
         self.path, self.images = path, np.load(path, mmap_mode='r')
     def observations(self, factors):
         return torch.from_numpy(_gather_sorted(self.images, self.index(factors))).float() / 255
+
+# %% ../nbs/02_groundtruth.ipynb 30
+class MemoGrid(GroundTruth):
+    "`data` with every observation rendered so far kept in memory (uint8, as `CachedGrid`), up to `max_images`."
+    def __init__(self, data, max_images=100_000):
+        self.data, self.name, self.factor_names, self.factor_sizes = data, data.name, data.factor_names, data.factor_sizes
+        self.max_images, self.memo, self.rendered = max_images, {}, 0
+    def observations(self, factors):
+        idx = self.index(factors)
+        missing = np.array(sorted(set(idx.tolist()) - self.memo.keys()), dtype=np.int64)
+        fresh = {}
+        if len(missing):
+            q = (self.data.observations(self.data.factors_at(missing)) * 255).round().byte()
+            self.rendered += len(missing)
+            fresh = dict(zip(missing.tolist(), q))
+            for i, x in fresh.items():
+                if len(self.memo) >= self.max_images: break
+                self.memo[i] = x
+        return torch.stack([self.memo[i] if i in self.memo else fresh[i] for i in idx.tolist()]).float() / 255
