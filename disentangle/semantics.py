@@ -181,8 +181,8 @@ def fit_semantics(w: torch.Tensor, dec: dict, cfg: SemanticsConfig = SemanticsCo
         Bs = torch.from_numpy(lasso.coef_.T).double() / scale                                                       # (D, K), sparse columns
         ls.D_sparse = torch.zeros(K, Dw)
         for k in range(K):   # the least move on semantic k's support that changes it by one and the others least
-            sup = Bs[:, k] != 0
-            if sup.any(): ls.D_sparse[k, sup] = torch.linalg.lstsq(Bs[sup].T, torch.eye(K, dtype=Bs.dtype)[:, k:k + 1]).solution[:, 0].float()
+            sup = Bs[:, k] != 0   # (the pseudo-inverse, not lstsq's default gelsy: that gave different rows run to run here)
+            if sup.any(): ls.D_sparse[k, sup] = (torch.linalg.pinv(Bs[sup].T) @ torch.eye(K, dtype=Bs.dtype)[:, k]).float()
     else: raise ValueError(f"encoding must be 'forward' or 'inverse', got {cfg.encoding!r}")
     cut = int(0.8 * n)                                          # linearity: s from w on held-out samples
     X1 = torch.cat([Wc, torch.ones(n, 1, dtype=Wc.dtype)], 1)
