@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_engine.ipynb 2
 from __future__ import annotations
-import abc, dataclasses, json, math, os, random, time
+import abc, atexit, dataclasses, json, math, os, random, time
 from pathlib import Path
 from typing import Callable
 import numpy as np
@@ -23,12 +23,17 @@ def dist_env():
     "(rank, local_rank, world_size) from torchrun's environment, or (0, 0, 1)."
     return int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
 
+def _leave_group():
+    "Tear the process group down before the interpreter exits: a gloo group left to static destructors can abort a rank."
+    if dist.is_initialized(): dist.destroy_process_group()
+
 def init_distributed(device):
-    "Join the process group when launched by torchrun with more than one process; returns (rank, world_size, device)."
+    "Join the process group when launched by torchrun with more than one process (left again at exit); returns (rank, world_size, device)."
     rank, local, world = dist_env()
     if world > 1 and not dist.is_initialized():
         if device.type == 'cuda': device = torch.device('cuda', local); torch.cuda.set_device(device)
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+        atexit.register(_leave_group)
     return rank, world, device
 
 # %% ../nbs/05_engine.ipynb 7
