@@ -21,10 +21,10 @@ __all__ = ['RES', 'ARCHS', 'LOSSES', 'INVARIANCE_GROUPS', 'ASSETS', 'MAX_BYTES',
            'ResBlock', 'backbone', 'n_params', 'EmbedderConfig', 'FaceEmbedder', 'ArcFace', 'to_pixels',
            'to_normalised', 'LandmarkConfig', 'LandmarkNet', 'ParserConfig', 'FaceParser', 'RegressorConfig',
            'factor_ranges', 'FactorRegressor', 'fid_features', 'TrainConfig', 'degrade', 'identity_classes',
-           'EmbedderLoss', 'LandmarkLoss', 'soft_dice_loss', 'ParserLoss', 'FactorLoss', 'train_perception',
-           'tar_at_far', 'pair_similarities', 'verification_tar', 'embed', 'invariance_pairs', 'invariance',
-           'class_iou', 'mean_iou', 'r2_scores', 'evaluate_embedder', 'evaluate_landmarks', 'evaluate_parser',
-           'evaluate_factors', 'save_pretrained', 'load_pretrained', 'pretrained']
+           'EmbedderLoss', 'landmark_targets', 'LandmarkLoss', 'soft_dice_loss', 'ParserLoss', 'FactorLoss',
+           'train_perception', 'tar_at_far', 'pair_similarities', 'verification_tar', 'embed', 'invariance_pairs',
+           'invariance', 'class_iou', 'mean_iou', 'r2_scores', 'evaluate_embedder', 'evaluate_landmarks',
+           'evaluate_parser', 'evaluate_factors', 'save_pretrained', 'load_pretrained', 'pretrained']
 
 # %% ../nbs/09_perception.ipynb 5
 RES = 64   # the resolution every net works at
@@ -124,9 +124,14 @@ class LandmarkConfig:
     blocks: int = 1         # blocks per stage
     hidden: int = 256       # units of the hidden layer of the head
     n_points: int = 5       # CelebA's five landmarks
+    points: str = 'five'    # which SynthFaces set: 'five' (CelebA's) or 'dense' (23, `synthfaces.LANDMARKS`)
+    def __post_init__(self):
+        if self.points not in sf.LANDMARKS: raise ValueError(f"points: unknown landmark set {self.points!r}; choose from {list(sf.LANDMARKS)}")
+        if self.n_points != len(sf.LANDMARKS[self.points]):
+            raise ValueError(f"n_points {self.n_points} does not fit points={self.points!r}, which has {len(sf.LANDMARKS[self.points])}")
 
 class LandmarkNet(nn.Module):
-    "Images (B, 3, H, W) in [-1, 1] -> landmarks (B, 5, 2), pixel coordinates (x, y) of the input."
+    "Images (B, 3, H, W) in [-1, 1] -> landmarks (B, P, 2), pixel coordinates (x, y) of the input."
     def __init__(self, cfg: LandmarkConfig = LandmarkConfig()):
         super().__init__(); self.cfg = cfg
         c = cfg.width * 8
@@ -252,11 +257,17 @@ class EmbedderLoss(nn.Module):
         return {'loss': loss, 'accuracy': acc}
 LOSSES.register('FaceEmbedder')(EmbedderLoss)
 
+def landmark_targets(net, b):
+    "The landmarks (B, P, 2) in pixels that `net` learns from batch `b`: the data's five, or the dense set from its factors."
+    if net.cfg.points == 'five': return b['landmarks']
+    if 'factors' not in b: raise ValueError(f"a LandmarkNet with points={net.cfg.points!r} learns from SynthFaces' factors; this data has only {sorted(b)}")
+    return sf.landmarks_of(b['factors'], b['image'].shape[-1], net.cfg.points).to(b['image'].device)
+
 class LandmarkLoss(nn.Module):
     def __init__(self, net, data, cfg): super().__init__()
     def forward(self, net, b, step):
-        u = to_normalised(b['landmarks'], *b['image'].shape[-2:])
-        err = (net.normalised(b['image']) - u).abs() * RES / 2        # (B, 5, 2) in 64 px pixels
+        u = to_normalised(landmark_targets(net, b), *b['image'].shape[-2:])
+        err = (net.normalised(b['image']) - u).abs() * RES / 2        # (B, P, 2) in 64 px pixels
         return {'loss': err.mean(), 'px': err.norm(dim=-1).mean()}
 LOSSES.register('LandmarkNet')(LandmarkLoss)
 
@@ -380,11 +391,13 @@ def r2_scores(pred, y):
 
 # %% ../nbs/09_perception.ipynb 42
 @torch.no_grad()
-def _run(net, data, fn, keys, chunk=256):
-    dev, outs, gts = next(net.parameters()).device, [], {k: [] for k in keys}
+def _run(net, data, fn, keys, chunk=256):   # keys: names of the batch, or (name, function of the batch)
+    dev, outs, gts = next(net.parameters()).device, [], {k if isinstance(k, str) else k[0]: [] for k in keys}
     for b in data.loader(chunk, shuffle=False):
         outs.append(fn(net, b['image'].to(dev)).cpu())
-        for k in keys: gts[k].append(b[k])
+        for k in keys:
+            if isinstance(k, str): gts[k].append(b[k])
+            else: gts[k[0]].append(k[1](b))
     return torch.cat(outs), {k: torch.cat(v) for k, v in gts.items()}
 
 def evaluate_embedder(net, data, fars=(1e-3, 1e-4)) -> dict:
@@ -395,7 +408,7 @@ def evaluate_embedder(net, data, fars=(1e-3, 1e-4)) -> dict:
     return {**out, 'genuine_mean': float(gen.mean()), 'impostor_mean': float(imp.mean()), 'pairs_genuine': len(gen), 'pairs_impostor': len(imp)}
 
 def evaluate_landmarks(net, data) -> dict:
-    p, gt = _run(net, data, lambda n, x: n(x), ['landmarks'])
+    p, gt = _run(net, data, lambda n, x: n(x), [('landmarks', lambda b: landmark_targets(net, b))])
     return {'nme': metrics.landmark_nme(p, gt['landmarks']), 'mean_px': float((p - gt['landmarks']).norm(dim=-1).mean())}
 
 def evaluate_parser(net, data) -> dict:
@@ -414,7 +427,7 @@ ASSETS = Path(disentangle.__file__).parent / 'assets'   # shipped as package dat
 MAX_BYTES = 5_000_000
 NETS = {'FaceEmbedder': (FaceEmbedder, EmbedderConfig), 'LandmarkNet': (LandmarkNet, LandmarkConfig),
         'FaceParser': (FaceParser, ParserConfig), 'FactorRegressor': (FactorRegressor, RegressorConfig)}
-BUNDLED = ('id_train', 'id_judge', 'landmarks', 'parser', 'factors', 'factor_judge')
+BUNDLED = ('id_train', 'id_judge', 'landmarks', 'landmarks_dense', 'parser', 'factors', 'factor_judge')
 
 def _asset(name, assets=None):
     s = str(name)

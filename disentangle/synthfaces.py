@@ -15,11 +15,11 @@ from .core import BatchLoader, atomic_folder, collate_batched
 __all__ = ['CLASSES', 'C', 'FACTORS', 'FACTOR_NAMES', 'FI', 'REGION_CLASSES', 'GLASSES_P', 'ID_STREAM', 'ATTR_STREAM',
            'PICK_STREAM', 'SKIN', 'HAIR', 'IRIS', 'LIPS', 'BROW', 'LASH', 'SCLERA', 'PUPIL', 'TEETH', 'MOUTH_IN',
            'FRAME', 'LENS', 'H_SKULL', 'SKULL', 'PIVOT_Z', 'EYE_Y', 'NOSE_Y', 'MOUTH_Y', 'BROW_X', 'HAIR_Y', 'LENS_X',
-           'LENS_R', 'FRAME_W', 'FEATURES', 'NOSE_TIP', 'REACH', 'MOVING', 'SEQ_STREAM', 'DATA_STREAM', 'SPLIT_STREAM',
-           'CACHE_KEYS', 'RENDER_VERSION', 'Factor', 'hash_uniform', 'factors_from_keys', 'sample_factors',
-           'factor_classes', 'P', 'height', 'grid', 'paint', 'rotation', 'normals', 'shade', 'unproject', 'project',
-           'landmarks_canonical', 'light_view', 'render_factors', 'render', 'render_sequence', 'SynthFaces',
-           'locality_violations']
+           'LENS_R', 'FRAME_W', 'FEATURES', 'NOSE_TIP', 'LANDMARKS', 'REACH', 'MOVING', 'SEQ_STREAM', 'DATA_STREAM',
+           'SPLIT_STREAM', 'CACHE_KEYS', 'RENDER_VERSION', 'Factor', 'hash_uniform', 'factors_from_keys',
+           'sample_factors', 'factor_classes', 'P', 'height', 'grid', 'paint', 'rotation', 'normals', 'shade',
+           'unproject', 'project', 'landmarks_canonical', 'landmarks_of', 'light_view', 'render_factors', 'render',
+           'render_sequence', 'SynthFaces', 'locality_violations']
 
 # %% ../nbs/01_synthfaces.ipynb 5
 CLASSES = ('background', 'skin', 'nose', 'eye_g', 'l_eye', 'r_eye', 'l_brow', 'r_brow', 'l_ear', 'r_ear',
@@ -412,13 +412,47 @@ def project(P, R):
 _y = np.roots([1.75, 2.6, -0.35]); NOSE_TIP = float(_y[_y > 0][0])   # argmax of the nose relief along its axis
 
 # %% ../nbs/01_synthfaces.ipynb 46
-def landmarks_canonical(p):
-    "CelebA's five landmarks in the canonical frame (B,5,2): left eye, right eye, nose tip, left and right mouth corners."
-    z = torch.zeros_like(p.eye_x.view(-1))
-    ey = z + EYE_Y; my = MOUTH_Y - 0.045 * p.smile.view(-1)
-    us = torch.stack([-p.eye_x.view(-1), p.eye_x.view(-1), z, -p.mouth_w.view(-1), p.mouth_w.view(-1)], 1)
-    vs = torch.stack([ey, ey, NOSE_Y + NOSE_TIP * p.nose_l.view(-1), my, my], 1)
-    return torch.stack([us, vs], -1)
+LANDMARKS = {
+    'five': ('l_eye', 'r_eye', 'nose_tip', 'l_mouth', 'r_mouth'),
+    'dense': ('l_eye', 'r_eye', 'nose_tip', 'l_mouth', 'r_mouth',
+              'l_brow_outer', 'l_brow_mid', 'l_brow_inner', 'r_brow_inner', 'r_brow_mid', 'r_brow_outer',
+              'l_eye_outer', 'l_eye_top', 'l_eye_inner', 'l_eye_bottom', 'r_eye_inner', 'r_eye_top', 'r_eye_outer', 'r_eye_bottom',
+              'u_lip_top', 'u_lip_bottom', 'l_lip_top', 'l_lip_bottom'),
+}
+
+def landmarks_canonical(p, points='five'):
+    "Landmarks in the canonical frame (B,P,2), named by `LANDMARKS[points]`; 'five' are CelebA's."
+    if points not in LANDMARKS: raise ValueError(f"points: unknown landmark set {points!r}; choose from {list(LANDMARKS)}")
+    z = torch.zeros_like(p.eye_x.view(-1)); sm = p.smile.view(-1)
+    ex, ew, mw = p.eye_x.view(-1), p.eye_w.view(-1), p.mouth_w.view(-1)
+    ey = z + EYE_Y; my = MOUTH_Y - 0.045 * sm
+    pts = [(-ex, ey), (ex, ey), (z, NOSE_Y + NOSE_TIP * p.nose_l.view(-1)), (-mw, my), (mw, my)]
+    if points == 'dense':
+        by, arch, eh = p.brow_y.view(-1), p.brow_arch_.view(-1), p.eye_h.view(-1)
+        for side in (-1, 1):   # brows (as `_brow`), image-left first, from the outer end
+            ends = [(side * BROW_X + side * 0.12, by), (side * BROW_X + z, by - arch), (side * BROW_X - side * 0.12, by)]
+            pts += ends if side < 0 else ends[::-1]
+        for side in (-1, 1):   # eyes (as `_eye`): corners and lid middles, clockwise from the image-left corner
+            cx = side * ex
+            pts += [(cx - ew, ey), (cx, ey - eh), (cx + ew, ey), (cx, ey + eh)]
+        line = MOUTH_Y + 0.025 * sm; gap = 0.035 * sm   # `_mouth`'s lip line and opening at the middle (taper 1)
+        pts += [(z, line - 0.038), (z, line), (z, line + gap), (z, line + gap + 0.044)]
+    us, vs = zip(*[(torch.as_tensor(u, dtype=z.dtype).expand_as(z), torch.as_tensor(v, dtype=z.dtype).expand_as(z)) for u, v in pts])
+    return torch.stack([torch.stack(us, 1), torch.stack(vs, 1)], -1)
+
+def _landmarks_image(p, R, size, points='five'):   # canonical landmarks on the head surface, seen with rotation R, in pixels
+    lm = landmarks_canonical(p, points)
+    hl = height(lm[..., 0].unsqueeze(-1), lm[..., 1].unsqueeze(-1), p)[0].squeeze(-1)
+    lm3 = project(torch.cat([lm, (1 - hl).unsqueeze(-1)], -1), R)
+    return (lm3[..., :2] + 1) / 2 * size - 0.5
+
+def landmarks_of(factors, size=64, points='dense'):
+    "Image landmarks (B,P,2) in pixels (x, y) of `size` px renders of `factors` (B, 28): exact, without rendering."
+    factors = torch.as_tensor(factors, dtype=torch.float32)
+    if factors.ndim != 2 or factors.shape[1] != len(FACTORS):
+        raise ValueError(f"factors must have shape (N, {len(FACTORS)}), got {tuple(factors.shape)}")
+    p = P(factors)
+    return _landmarks_image(p, rotation(p.pitch.view(-1), p.yaw.view(-1), p.roll.view(-1)), size, points)
 
 # %% ../nbs/01_synthfaces.ipynb 48
 REACH = 2   # px: the hair's and the features' colours show only this close to a pixel with their label
@@ -477,11 +511,8 @@ def _image_frame(f, size, g, maps, lab_near, near, bg, skin):   # shade the samp
     rgb = a4 * alb_i * s_i + (1 - a4) * bg
     r = R[:, 2, :, None, None]   # depth: the z row of R (P - c) + c
     z_i = (r[:, 0] * ui + r[:, 1] * vi + r[:, 2] * (1 - h_i - PIVOT_Z) + PIVOT_Z).unsqueeze(1)
-    lm = landmarks_canonical(p)
-    hl = height(lm[..., 0].unsqueeze(-1), lm[..., 1].unsqueeze(-1), p)[0].squeeze(-1)
-    lm3 = project(torch.cat([lm, (1 - hl).unsqueeze(-1)], -1), R)
     return dict(image=rgb * 2 - 1, mask=lab_i, alpha=a4, albedo_img=alb_i, shading_img=s_i, normal_img=n_i,
-                depth_img=torch.where(a4 >= 0.5, z_i, torch.ones_like(z_i)), landmarks=(lm3[..., :2] + 1) / 2 * size - 0.5)
+                depth_img=torch.where(a4 >= 0.5, z_i, torch.ones_like(z_i)), landmarks=_landmarks_image(p, R, size))
 
 # %% ../nbs/01_synthfaces.ipynb 50
 _COMPILED = {}
@@ -629,7 +660,7 @@ class SynthFaces(torch.utils.data.Dataset):
         "A `BatchLoader`: whole batches at once (vectorised render or one memmap gather)."
         return BatchLoader(self, batch_size=batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers, drop_last=drop_last, **kw)
 
-# %% ../nbs/01_synthfaces.ipynb 78
+# %% ../nbs/01_synthfaces.ipynb 80
 def locality_violations(factors, name, new_values, size=64, threshold=1 / 255, dilation=2):
     "Changed pixels outside the dilated region masks when factor `name` is set to `new_values`: (violations, changed) counts."
     spec = FACTORS[FI[name]]

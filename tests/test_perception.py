@@ -49,7 +49,7 @@ def test_bundled_nets(name):
     x = sf.render(4, size=96, seed=11)["image"]
     out = net(x)
     kind = type(net).__name__
-    shape = {"LandmarkNet": (4, 5, 2), "FaceParser": (4, 19, 96, 96), "FactorRegressor": (4, 28)}.get(kind) or (4, net.cfg.dim)
+    shape = {"LandmarkNet": (4, getattr(net.cfg, "n_points", 0), 2), "FaceParser": (4, 19, 96, 96), "FactorRegressor": (4, 28)}.get(kind) or (4, net.cfg.dim)
     assert tuple(out.shape) == shape and torch.isfinite(out).all()
 
 
@@ -58,6 +58,8 @@ def test_bundled_quality_on_held_out_identities():
     b = sf.render(64, size=64, seed=123)
     lm = P.pretrained("landmarks")(b["image"])
     assert P.metrics.landmark_nme(lm, b["landmarks"]) < 0.08
+    dense = P.pretrained("landmarks_dense")(b["image"])
+    assert P.metrics.landmark_nme(dense, sf.landmarks_of(b["factors"], 64, "dense")) < 0.08
     assert P.mean_iou(P.pretrained("parser").parse(b["image"]), b["mask"]) > 0.7
     blurred = P.degrade(b["image"], torch.ones(64), torch.zeros(64))
     r2 = {n: float(P.r2_scores(P.pretrained(n)(blurred), b["factors"]).mean()) for n in ("factors", "factor_judge")}
