@@ -391,35 +391,33 @@ def r2_scores(pred, y):
 
 # %% ../nbs/09_perception.ipynb 42
 @torch.no_grad()
-def _run(net, data, fn, keys, chunk=256):   # keys: names of the batch, or (name, function of the batch)
-    dev, outs, gts = next(net.parameters()).device, [], {k if isinstance(k, str) else k[0]: [] for k in keys}
+def _run(net, data, fn, target, chunk=256):   # target: a key of the batch, or a function of it
+    dev, outs, gts = next(net.parameters()).device, [], []
     for b in data.loader(chunk, shuffle=False):
         outs.append(fn(net, b['image'].to(dev)).cpu())
-        for k in keys:
-            if isinstance(k, str): gts[k].append(b[k])
-            else: gts[k[0]].append(k[1](b))
-    return torch.cat(outs), {k: torch.cat(v) for k, v in gts.items()}
+        gts.append(b[target] if isinstance(target, str) else target(b))
+    return torch.cat(outs), torch.cat(gts)
 
 def evaluate_embedder(net, data, fars=(1e-3, 1e-4)) -> dict:
     "TAR at each FAR over all pairs of `data`, and the mean genuine and impostor similarities."
-    e, gt = _run(net, data, lambda n, x: n(x), ['identity'])
-    gen, imp = pair_similarities(e, gt['identity'])
+    e, ids = _run(net, data, lambda n, x: n(x), 'identity')
+    gen, imp = pair_similarities(e, ids)
     out = {f'tar_far{far:.0e}': tar_at_far(gen, imp, far)['tar'] for far in fars}
     return {**out, 'genuine_mean': float(gen.mean()), 'impostor_mean': float(imp.mean()), 'pairs_genuine': len(gen), 'pairs_impostor': len(imp)}
 
 def evaluate_landmarks(net, data) -> dict:
-    p, gt = _run(net, data, lambda n, x: n(x), [('landmarks', lambda b: landmark_targets(net, b))])
-    return {'nme': metrics.landmark_nme(p, gt['landmarks']), 'mean_px': float((p - gt['landmarks']).norm(dim=-1).mean())}
+    p, gt = _run(net, data, lambda n, x: n(x), lambda b: landmark_targets(net, b))
+    return {'nme': metrics.landmark_nme(p, gt), 'mean_px': float((p - gt).norm(dim=-1).mean())}
 
 def evaluate_parser(net, data) -> dict:
-    p, gt = _run(net, data, lambda n, x: n.parse(x), ['mask'])
-    iou = class_iou(p, gt['mask'])
-    return {'miou': float(iou.nanmean()), 'pixel_accuracy': float((p == gt['mask']).double().mean()),
+    p, gt = _run(net, data, lambda n, x: n.parse(x), 'mask')
+    iou = class_iou(p, gt)
+    return {'miou': float(iou.nanmean()), 'pixel_accuracy': float((p == gt).double().mean()),
             **{f'iou_{c}': float(v) for c, v in zip(sf.CLASSES, iou) if not v.isnan()}}
 
 def evaluate_factors(net, data) -> dict:
-    p, gt = _run(net, data, lambda n, x: n(x), ['factors'])
-    r2 = r2_scores(p, gt['factors'])
+    p, gt = _run(net, data, lambda n, x: n(x), 'factors')
+    r2 = r2_scores(p, gt)
     return {'r2_mean': float(r2.mean()), **{f'r2_{n}': float(v) for n, v in zip(sf.FACTOR_NAMES, r2)}}
 
 # %% ../nbs/09_perception.ipynb 47

@@ -437,8 +437,7 @@ def landmarks_canonical(p, points='five'):
             pts += [(cx - ew, ey), (cx, ey - eh), (cx + ew, ey), (cx, ey + eh)]
         line = MOUTH_Y + 0.025 * sm; gap = 0.035 * sm   # `_mouth`'s lip line and opening at the middle (taper 1)
         pts += [(z, line - 0.038), (z, line), (z, line + gap), (z, line + gap + 0.044)]
-    us, vs = zip(*[(torch.as_tensor(u, dtype=z.dtype).expand_as(z), torch.as_tensor(v, dtype=z.dtype).expand_as(z)) for u, v in pts])
-    return torch.stack([torch.stack(us, 1), torch.stack(vs, 1)], -1)
+    return torch.stack([torch.stack([u + z for u, _ in pts], 1), torch.stack([v + z for _, v in pts], 1)], -1)   # + z: floats to (B,)
 
 def _landmarks_image(p, R, size, points='five'):   # canonical landmarks on the head surface, seen with rotation R, in pixels
     lm = landmarks_canonical(p, points)
