@@ -101,6 +101,7 @@ def test_experiment_synthfaces_tiny(tmp_path):
     for name in ("full", "no_adversarial", "no_landmarks", "baseline_halves", "baseline_layers"):
         for k in ("id_similarity", "attribute_error", "landmark_nme", "fid"): assert np.isfinite(m[f"{name}.{k}"]), (name, k)
         assert f"check.attribute_error_beats_{name}" in m or name == "full"
+        assert f"check.not_dominated_by_{name}" in m or name not in ("no_adversarial", "no_landmarks")
     for k in ("id_similarity_mean", "neighbour_similarity", "jitter_out_px", "jitter_in_px"): assert np.isfinite(m[f"sequence.full.{k}"])
     assert np.isfinite(m["deidentify.id_similarity"]) and "check.sequence_identity_kept" in m
     assert {"swap_grid.png", "swap_compare.png", "deidentify.png", "sequence.png", "losses.png"} <= {p.name for p in run.glob("*.png")}
