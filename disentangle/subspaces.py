@@ -75,6 +75,7 @@ class SubspaceConfig:
     width: int = 16             # encoder channels of the first stage (doubled at each of four stages)
     blocks: int = 1             # residual blocks per encoder stage
     dec_width: int = 32         # decoder trunk channels at the coarsest scale (halved at 16 px)
+    dec_norm: bool = True       # batch norm after each upsampling of the decoder trunk
     disc_hidden: int = 256      # units of the independence discriminator's hidden layers
     w_rec: float = 1.0          # weight of the L1 reconstruction loss
     w_mask: float = 0.3         # weight of the mask cross-entropy (0: the "no mask loss" ablation)
@@ -87,9 +88,9 @@ class SubspaceConfig:
     def n_regions(self): return len(region_names(self.regions))
 
 # %% ../nbs/11_subspaces.ipynb 10
-def up_block(cin, cout):
-    "x2 upsampling by a 4x4 stride-2 transposed convolution, LeakyReLU."
-    return nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, 2, 1), nn.LeakyReLU(0.2))
+def up_block(cin, cout, norm=True):
+    "x2 upsampling by a 4x4 stride-2 transposed convolution, batch norm (`norm`), LeakyReLU."
+    return nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, 2, 1), *([nn.BatchNorm2d(cout)] if norm else []), nn.LeakyReLU(0.2))
 
 class SubspaceAE(nn.Module):
     "Images (B, 3, S, S) in [-1, 1] -> K region codes and a global code -> K appearances and mask logits -> composed image."
@@ -104,8 +105,8 @@ class SubspaceAE(nn.Module):
         self.c0 = c[0]
         self.fc_w = nn.Parameter(torch.randn(K, d + G, c[0] * self.s0 ** 2) / math.sqrt(d + G))   # one input layer per region
         self.fc_b = nn.Parameter(torch.zeros(K, c[0] * self.s0 ** 2))
-        self.trunk = nn.Sequential(*[up_block(c[i], c[i + 1]) for i in range(3)],                # S/16 -> S/2
-                                   nn.ConvTranspose2d(c[3], 4, 4, 2, 1))                                  # S: rgb + mask logit
+        self.trunk = nn.Sequential(*[up_block(c[i], c[i + 1], cfg.dec_norm) for i in range(3)],   # S/16 -> S/2
+                                   nn.ConvTranspose2d(c[3], 4, 4, 2, 1))                                   # S: rgb + mask logit
         self.trunk.to(memory_format=torch.channels_last)   # 2-3x faster convolutions on CPU
 
     def encode(self, x):
@@ -328,36 +329,43 @@ def target_masks(recipient_factors, donor_factors, regions='paper', size=64, chu
     return out
 
 @torch.no_grad()
-def evaluate_swaps(sw: Swapper, recipients: dict, donors: dict, regressor, regions='paper', dilation=0, scored=None, chunk=256, targets=None) -> dict:
+def evaluate_swaps(sw: Swapper, recipients: dict, donors: dict, regressor, regions='paper', dilation=0, scored=None, chunk=256,
+                   targets=None, references=None) -> dict:
     """Swap each region from donors into recipients (batch dicts with image, mask, factors); metrics and the swapped images.
     `scored`: the factor indices the transfer R^2 reads (default all). `targets`: region name -> class masks (N,H,W) of
-    the faces each swap should produce (`target_masks`); without them locality uses the donors' masks. Real faces have
-    no factors: with `regressor=None` (or no 'factors' in the dicts) only locality, PSNR and SSIM are measured."""
+    the faces each swap should produce (`target_masks`); without them locality uses the donors' masks. `references`:
+    more factor sets to score the same swaps against, suffix -> (recipient factors, donor factors, scored or None);
+    their keys end in the suffix. Real faces have no factors: with `regressor=None` (or no 'factors' in the dicts and
+    no `references`) only locality, PSNR and SSIM are measured."""
     enc = lambda x: torch.cat([sw.encode(x[i:i + chunk]) for i in range(0, len(x), chunk)])
     dec = lambda c: torch.cat([sw.decode(c[i:i + chunk]) for i in range(0, len(c), chunk)])
     cr, cd = enc(recipients['image']), enc(donors['image'])
     rec = dec(cr)
-    scored = list(range(len(sf.FACTORS))) if scored is None else sorted(scored)
-    pos = {j: i for i, j in enumerate(scored)}
-    groups = {n: [pos[j] for j in v if j in pos] for n, v in factor_groups(regions).items()}   # columns among the scored
     out = {'psnr': metrics.psnr(rec, recipients['image']), 'ssim': metrics.ssim(rec, recipients['image'])}
-    judged = regressor is not None and 'factors' in recipients and 'factors' in donors
-    if judged:
-        fr, fd = recipients['factors'][:, scored], donors['factors'][:, scored]
-        out['r2_reconstruction'] = float(r2_scores(predict(regressor, rec)[:, scored], fr).mean())
-    donor_r2, kept_r2, swapped = [], [], {}
+    refs = dict(references or {})
+    if 'factors' in recipients and 'factors' in donors: refs = {'': (recipients['factors'], donors['factors'], scored), **refs}
+    if regressor is None: refs = {}
+    fgroups = factor_groups(regions)
+    pred_rec = predict(regressor, rec) if refs else None
+    for sfx, (fr, fd, cols) in list(refs.items()):
+        cols = list(range(fr.shape[1])) if cols is None else sorted(cols)
+        pos = {j: i for i, j in enumerate(cols)}
+        groups = {n: [pos[j] for j in v if j in pos] for n, v in fgroups.items()}     # columns among the scored
+        refs[sfx] = (fr[:, cols], fd[:, cols], cols, groups)
+        out[f'r2_reconstruction{sfx}'] = float(r2_scores(pred_rec[:, cols], refs[sfx][0]).mean())
+    swapped, r2s = {}, {sfx: ([], []) for sfx in refs}
     for k, name in enumerate(sw.names):
         x = dec(swap_codes(cr, cd, sw.groups[k])); swapped[name] = x
         after = targets[name] if targets is not None else donors['mask']
-        loc = swap_locality(rec, x, recipients['mask'], after, k, regions, dilation) if (x != rec).any() else float('nan')
-        out[f'{name}.locality'] = loc
-        if not judged: continue
-        t = transfer_r2(predict(regressor, x)[:, scored], fd, fr, groups[name])
-        out[f'{name}.donor_r2'] = float(t['donor'].mean()) if len(t['donor']) else float('nan')
-        out[f'{name}.kept_r2'] = float(t['kept'].mean())
-        donor_r2.append(out[f'{name}.donor_r2']); kept_r2.append(out[f'{name}.kept_r2'])
+        out[f'{name}.locality'] = swap_locality(rec, x, recipients['mask'], after, k, regions, dilation) if (x != rec).any() else float('nan')
+        pred = predict(regressor, x) if refs else None                                  # read once, scored against every reference
+        for sfx, (fr, fd, cols, groups) in refs.items():
+            t = transfer_r2(pred[:, cols], fd, fr, groups[name])
+            out[f'{name}.donor_r2{sfx}'] = float(t['donor'].mean()) if len(t['donor']) else float('nan')
+            out[f'{name}.kept_r2{sfx}'] = float(t['kept'].mean())
+            r2s[sfx][0].append(out[f'{name}.donor_r2{sfx}']); r2s[sfx][1].append(out[f'{name}.kept_r2{sfx}'])
     out['locality'] = float(np.nanmean([out[f'{n}.locality'] for n in sw.names]))
-    if judged: out['donor_r2'], out['kept_r2'] = float(np.nanmean(donor_r2)), float(np.nanmean(kept_r2))
+    for sfx, (d, kp) in r2s.items(): out[f'donor_r2{sfx}'], out[f'kept_r2{sfx}'] = float(np.nanmean(d)), float(np.nanmean(kp))
     return out, swapped, rec
 
 @torch.no_grad()

@@ -113,6 +113,7 @@ def test_subspaces_experiment_tiny(tmp_path):
         assert np.isfinite(m[f"{name}.kept_r2"]) and np.isfinite(m[f"{name}.fid_swapped"]), name
     assert m["renderer.locality"] > 0.95 and m["renderer.kept_r2"] > m["subspaces.kept_r2"]   # the ceiling, even on 16 faces
     assert all(f"accept.{k}.threshold" in m for k in ("locality", "donor_r2", "kept_r2"))
+    assert all(np.isfinite(m[f"subspaces.{k}"]) for k in ("donor_r2_true", "kept_r2_true_all_factors", "r2_reconstruction_true"))
     assert {p.name for p in run.glob("*.png")} >= {"swaps-subspaces.png", "swaps-renderer.png", "interpolation.png", "masks.png", "losses.png"}
 
 
