@@ -73,6 +73,7 @@ class SubspaceConfig:
     global_dim: int = 8         # code units of the global (pose, light) code fed to every decoder, never swapped; 0: none
     size: int = 64              # image size (64 or 32 .. 128, a multiple of 16)
     width: int = 16             # encoder channels of the first stage (doubled at each of four stages)
+    encoder: str = 'pooled'     # 'pooled': subspace k pools the features of its own region; 'global': one linear layer for all codes
     blocks: int = 1             # residual blocks per encoder stage
     dec_width: int = 32         # decoder trunk channels at the coarsest scale (halved at 16 px)
     dec_norm: bool = True       # batch norm after each upsampling of the decoder trunk
@@ -100,7 +101,17 @@ class SubspaceAE(nn.Module):
         if S % 16 or not 32 <= S <= 128: raise ValueError(f"size must be a multiple of 16 in [32, 128], got {S}")
         self.K, self.d, self.G, self.s0 = K, d, G, S // 16
         self.body = backbone('resnet', cfg.width, cfg.blocks)                   # (B, 8 width, S/16, S/16)
-        self.code = nn.Linear(cfg.width * 8 * self.s0 ** 2, K * d + G)
+        pooled = cfg.encoder == 'pooled'
+        self.code = nn.Linear(cfg.width * 8 * self.s0 ** 2, G if pooled else K * d + G)   # g (and the global encoder's z) from the S/16 map
+        if pooled:
+            self.split = 1 + 2 * cfg.blocks                                      # body[:split]: stem and two stages, S/4
+            C = 2 * cfg.width + 8 * cfg.width + 4                                # S/4 features, S/16 context, x, y, x^2, y^2
+            self.seg = nn.Conv2d(C, K, 1)                                        # the encoder's own region logits
+            self.pool_w = nn.Parameter(torch.randn(K, C, d) / math.sqrt(C)); self.pool_b = nn.Parameter(torch.zeros(K, d))
+            t = torch.linspace(-1, 1, S // 4)
+            gy, gx = torch.meshgrid(t, t, indexing='ij')
+            self.register_buffer('coords', torch.stack([gx, gy, gx ** 2, gy ** 2]), persistent=False)
+        elif cfg.encoder != 'global': raise ValueError(f"encoder must be 'pooled' or 'global', got {cfg.encoder!r}")
         c = [cfg.dec_width, cfg.dec_width, cfg.dec_width // 2, cfg.dec_width // 2]
         self.c0 = c[0]
         self.fc_w = nn.Parameter(torch.randn(K, d + G, c[0] * self.s0 ** 2) / math.sqrt(d + G))   # one input layer per region
@@ -109,10 +120,18 @@ class SubspaceAE(nn.Module):
                                    nn.ConvTranspose2d(c[3], 4, 4, 2, 1))                                   # S: rgb + mask logit
         self.trunk.to(memory_format=torch.channels_last)   # 2-3x faster convolutions on CPU
 
-    def encode(self, x):
-        "(z (B, K, d), g (B, G))."
-        h = self.code(self.body(x).flatten(1))
-        return h[:, :self.K * self.d].view(-1, self.K, self.d), h[:, self.K * self.d:]
+    def encode(self, x, seg=False):
+        "(z (B, K, d), g (B, G)); `seg`: and the encoder's region logits (B, K, S/4, S/4) (None for the global encoder)."
+        if self.cfg.encoder == 'global':
+            c = self.code(self.body(x).flatten(1))
+            return (*self.unflat(c), None) if seg else self.unflat(c)
+        h = self.body[:self.split](x); deep = self.body[self.split:](h)
+        f = torch.cat([h, F.interpolate(deep, size=h.shape[-2:]), self.coords.expand(len(x), -1, -1, -1)], 1)   # (B, C, S/4, S/4)
+        logits = self.seg(f); a = logits.softmax(1)                                     # (B, K, S/4, S/4) soft regions
+        pooled = torch.einsum('bkhw,bchw->bkc', a, f) / a.sum((2, 3)).unsqueeze(2).clamp(min=1e-3)   # mean feature of each region
+        z = torch.einsum('bkc,kcd->bkd', pooled, self.pool_w) + self.pool_b             # z_k from region k's mean feature alone
+        g = self.code(deep.flatten(1))
+        return (z, g, logits) if seg else (z, g)
 
     def decode(self, z, g, hard=False):
         "Codes -> dict(image (B,3,S,S), rgb (B,K,3,S,S), logits (B,K,S,S), masks (B,K,S,S)); `hard`: one-hot (argmax) masks."
@@ -126,8 +145,8 @@ class SubspaceAE(nn.Module):
         return {'image': (masks.unsqueeze(2) * rgb).sum(1), 'rgb': rgb, 'logits': logits, 'masks': masks}
 
     def forward(self, x):
-        z, g = self.encode(x)
-        return {'z': z, 'g': g, **self.decode(z, g)}
+        z, g, seg = self.encode(x, seg=True)
+        return {'z': z, 'g': g, 'enc_logits': seg, **self.decode(z, g)}
 
     def flat(self, z, g): return torch.cat([z.flatten(1), g], 1)                        # (B, K d + G)
     def unflat(self, c): return c[:, :self.K * self.d].view(-1, self.K, self.d), c[:, self.K * self.d:]
@@ -176,6 +195,9 @@ def subspace_losses(out, x, regions_map, cfg: SubspaceConfig, disc=None, code=No
     mask = (F.cross_entropy(out['logits'], regions_map, reduction='none') * w).mean()
     losses = {'reconstruction': rec, 'mask': mask}
     loss = cfg.w_rec * rec + cfg.w_mask * mask
+    if out.get('enc_logits') is not None:                                             # the pooled encoder segments too
+        el = F.interpolate(out['enc_logits'], size=regions_map.shape[-2:], mode='bilinear', align_corners=False)
+        losses['enc_mask'] = (F.cross_entropy(el, regions_map, reduction='none') * w).mean(); loss = loss + cfg.w_mask * losses['enc_mask']
     if cfg.w_ind > 0 and disc is not None:
         tc = tc_estimate(disc, code); losses['tc'] = tc; loss = loss + cfg.w_ind * tc
     losses['mask_accuracy'] = (out['logits'].argmax(1) == regions_map).float().mean().detach()
