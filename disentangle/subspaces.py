@@ -375,7 +375,7 @@ def evaluate_swaps(sw: Swapper, recipients: dict, donors: dict, regressor, regio
         groups = {n: [pos[j] for j in v if j in pos] for n, v in fgroups.items()}     # columns among the scored
         refs[sfx] = (fr[:, cols], fd[:, cols], cols, groups)
         out[f'r2_reconstruction{sfx}'] = float(r2_scores(pred_rec[:, cols], refs[sfx][0]).mean())
-    swapped, r2s = {}, {sfx: ([], []) for sfx in refs}
+    swapped = {}
     for k, name in enumerate(sw.names):
         x = dec(swap_codes(cr, cd, sw.groups[k])); swapped[name] = x
         after = targets[name] if targets is not None else donors['mask']
@@ -385,9 +385,8 @@ def evaluate_swaps(sw: Swapper, recipients: dict, donors: dict, regressor, regio
             t = transfer_r2(pred[:, cols], fd, fr, groups[name])
             out[f'{name}.donor_r2{sfx}'] = float(t['donor'].mean()) if len(t['donor']) else float('nan')
             out[f'{name}.kept_r2{sfx}'] = float(t['kept'].mean())
-            r2s[sfx][0].append(out[f'{name}.donor_r2{sfx}']); r2s[sfx][1].append(out[f'{name}.kept_r2{sfx}'])
-    out['locality'] = float(np.nanmean([out[f'{n}.locality'] for n in sw.names]))
-    for sfx, (d, kp) in r2s.items(): out[f'donor_r2{sfx}'], out[f'kept_r2{sfx}'] = float(np.nanmean(d)), float(np.nanmean(kp))
+    for key in ['locality'] + [f'{r}_r2{sfx}' for sfx in refs for r in ('donor', 'kept')]:   # means over regions
+        out[key] = float(np.nanmean([out[f'{n}.{key}'] for n in sw.names]))
     return out, swapped, rec
 
 @torch.no_grad()
