@@ -4,17 +4,20 @@
 
 # %% ../nbs/08_baselines.ipynb 2
 from __future__ import annotations
-import dataclasses, math, time
+import dataclasses, json, math, time
+from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .core import seed_everything, get_device, save_tensors
+from .engine import Engine, EngineConfig, Method, ShardedBatches
 
 # %% auto 0
 __all__ = ['MODELS', 'ConvEncoder', 'DeconvDecoder', 'bernoulli_loss', 'gaussian_kl', 'gaussian_log_density', 'total_correlation',
-           'BaselineConfig', 'Baseline', 'ImagePool', 'train_baseline', 'encoder_fn', 'save_baseline']
+           'BaselineConfig', 'Baseline', 'ImagePool', 'GroundTruthBatches', 'BaselineMethod', 'train_baseline',
+           'encoder_fn', 'save_baseline']
 
 # %% ../nbs/08_baselines.ipynb 5
 class ConvEncoder(nn.Module):
@@ -69,8 +72,9 @@ class BaselineConfig:
     batch_size: int = 64
     lr: float = 1e-4
     seed: int = 0
-    pool: int = 50_000            # images rendered once and sampled from during training (0: render every batch)
+    pool: int = 50_000            # images rendered once and sampled from during training (0: fresh draws every batch)
     log_every: int = 100
+    precision: str = 'fast'       # the engine's: 'fast' is bf16 autocast where the hardware has bf16 units, else fp32
 
 MODELS = ('ae', 'beta_vae', 'beta_tcvae')
 
@@ -86,17 +90,18 @@ class Baseline(nn.Module):
         "Representation used by the metrics: the posterior mean (the code, for the autoencoder)."
         return self.encoder(x)[0]
     def loss(self, x) -> dict:
-        mu, logvar = self.encoder(x)
+        mu, logvar = (t.float() if t is not None else t for t in self.encoder(x))   # the losses in fp32 under autocast too
         if self.cfg.model == 'ae':
-            rec = bernoulli_loss(x, self.decoder(mu)); return {'loss': rec, 'reconstruction': rec}
+            rec = bernoulli_loss(x, self.decoder(mu).float()); return {'loss': rec, 'reconstruction': rec}
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        rec, kl = bernoulli_loss(x, self.decoder(z)), gaussian_kl(mu, logvar)
+        rec, kl = bernoulli_loss(x, self.decoder(z).float()), gaussian_kl(mu, logvar)
         if self.cfg.model == 'beta_vae': return {'loss': rec + self.cfg.beta * kl, 'reconstruction': rec, 'kl': kl}
         tc = total_correlation(z, mu, logvar)
         return {'loss': rec + kl + (self.cfg.beta - 1) * tc, 'reconstruction': rec, 'kl': kl, 'tc': tc}
+    def forward(self, x): return self.loss(x)
 
 # %% ../nbs/08_baselines.ipynb 14
-class ImagePool:
+class ImagePool(torch.utils.data.Dataset):
     "`n` observations of uniformly sampled factors, rendered once (uint8), served as float batches in [0, 1]."
     def __init__(self, data, n, seed=0, chunk=1024):
         rng = np.random.default_rng(seed)
@@ -104,33 +109,50 @@ class ImagePool:
         parts = [(data.observations(self.factors[i:i + chunk]) * 255).round().to(torch.uint8) for i in range(0, n, chunk)]
         self.images = torch.cat(parts)
     def __len__(self): return len(self.images)
-    def batch(self, idx): return self.images[idx].float() / 255
+    def __getitems__(self, idx): return self.images[torch.as_tensor(idx)].float() / 255
+    batch = __getitems__
 
-def train_baseline(cfg: BaselineConfig, data, device=None, progress=True):
-    "Train `cfg.model` on ground-truth data `data`; returns the model (eval mode, on `device`) and the loss history."
-    device = get_device(device); g = seed_everything(cfg.seed)
+class GroundTruthBatches:
+    """`batch(step, rank, world)` for the engine: epochs of the pool's images, or (`pool=0`) `batch_size` fresh uniform
+    draws of the factors, as disentanglement_lib trains; both a function of (seed, step) alone."""
+    def __init__(self, data, batch_size, seed=0, pool=0):
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.pool = ImagePool(data, pool, seed) if pool else None
+        self.epochs = ShardedBatches(self.pool, batch_size, seed + 1) if pool else None
+    def __call__(self, step, rank=0, world=1):
+        if self.epochs is not None: return self.epochs(step, rank, world)
+        f = self.data.sample_factors(self.batch_size, np.random.default_rng([self.seed, step]))
+        return self.data.observations(f[rank::world])
+
+class BaselineMethod(Method):
+    "A baseline for `disentangle.engine.Engine`: its own loss, one Adam optimizer."
+    def __init__(self, model: Baseline):
+        self.model = model; self.modules = {'model': model}
+        self.optimizers = {'model': torch.optim.Adam(model.parameters(), lr=model.cfg.lr)}
+    def train_step(self, x, engine) -> dict: return engine['model'](x)
+
+def train_baseline(cfg: BaselineConfig, data, device=None, progress=True, out_dir=None, ckpt_minutes=10.):
+    """Train `cfg.model` on ground-truth data `data` through the engine, checkpointed in `out_dir` (resumed from its newest
+    checkpoint; a temporary folder when None). Returns the model (eval mode, on `device`) and the log rows."""
+    import tempfile, shutil
+    tmp = tempfile.mkdtemp(prefix='baseline-') if out_dir is None else None
+    out = Path(tmp or out_dir)
+    seed_everything(cfg.seed)
     x0 = data.observations(data.sample_factors(1, np.random.default_rng(cfg.seed)))
-    model = Baseline(cfg, channels=x0.shape[1]).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    pool = ImagePool(data, cfg.pool, cfg.seed) if cfg.pool else None
-    rng = np.random.default_rng(cfg.seed + 1); history = []
-    bar = tqdm(range(cfg.steps), desc=f"{cfg.model} on {getattr(data, 'name', 'data')}", disable=not progress, mininterval=2)
-    model.train()
-    for step in bar:
-        if pool is not None: x = pool.batch(torch.from_numpy(rng.integers(0, len(pool), cfg.batch_size)))
-        else: x = data.observations(data.sample_factors(cfg.batch_size, rng))
-        out = model.loss(x.to(device))
-        opt.zero_grad(set_to_none=True); out['loss'].backward(); opt.step()
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            history.append({'step': step, **{k: float(v) for k, v in out.items()}})
-            bar.set_postfix(loss=f"{history[-1]['loss']:.1f}")
+    model = Baseline(cfg, channels=x0.shape[1])
+    ecfg = EngineConfig(steps=cfg.steps, out_dir=str(out), seed=cfg.seed, device=str(get_device(device)), precision=cfg.precision,
+                        ema_decay=0., log_every=cfg.log_every, ckpt_every=cfg.steps, ckpt_minutes=ckpt_minutes, keep=1,
+                        progress=progress, name=f"{cfg.model} on {getattr(data, 'name', 'data')}")
+    Engine(BaselineMethod(model), GroundTruthBatches(data, cfg.batch_size, cfg.seed, cfg.pool), ecfg).fit()
+    history = [json.loads(l) for l in open(out / 'log.jsonl')]
+    if tmp: shutil.rmtree(tmp, ignore_errors=True)
     return model.eval(), history
 
 def encoder_fn(model, device=None):
     "The representation function for `disentangle.metrics`: images -> posterior means, on the model's device."
     dev = next(model.parameters()).device
     def encode(x):
-        with torch.no_grad(): return model.encode(x.to(dev).float()).cpu()
+        with torch.no_grad(): return model.encode(x.to(dev).float()).float().cpu()
     return encode
 
 def save_baseline(model, path, history=None):

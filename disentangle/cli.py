@@ -12,7 +12,7 @@ import disentangle
 # %% auto 0
 __all__ = ['ENV_VAR', 'UsageError', 'experiments_dir', 'experiment_info', 'list_experiments', 'format_experiments',
            'make_notebook', 'coerce_param', 'resolve_params', 'new_run_dir', 'RunFailed', 'write_report',
-           'check_metrics', 'run_experiment', 'main']
+           'check_metrics', 'run_experiment', 'run_status', 'format_status', 'main']
 
 # %% ../nbs/30_cli.ipynb 5
 ENV_VAR = "DISENTANGLE_EXPERIMENTS"
@@ -230,10 +230,65 @@ def _cell_failure(e) -> str:
     return f"{cell} raised {e.ename}: {e.evalue}"
 
 # %% ../nbs/30_cli.ipynb 23
+def _command(name: str, over: dict) -> str:
+    "The `disentangle run` line that makes this run: every overridden parameter, in the notebook's order."
+    import shlex
+    parts = ["disentangle", "run", name]
+    for k, v in over.items(): parts += ["-p", k, v if isinstance(v, str) else json.dumps(v)]
+    return shlex.join(parts)
+
+def _alive(pid) -> bool:
+    try: os.kill(int(pid), 0); return True
+    except (ProcessLookupError, ValueError, TypeError): return False
+    except PermissionError: return True
+
+def _write_state(run: Path, **info):
+    from disentangle.core import atomic_write
+    p = run/"run.json"
+    old = json.loads(p.read_text()) if p.exists() else {}
+    new = {**old, **info}
+    atomic_write(p, lambda tmp: Path(tmp).write_text(json.dumps(new, indent=1, default=str)))
+    return new
+
+def _norm(v): return json.loads(json.dumps(v, default=str))
+
+def _resume_params(name: str, info: dict, run: Path, over: dict) -> dict:
+    "The parameters of run folder `run`, checked against the overrides given now; raises UsageError on any difference."
+    if not run.is_dir(): raise UsageError(f"--resume {run}: no such run folder")
+    pj = run/"params.json"
+    if not pj.is_file(): raise UsageError(f"--resume {run}: {pj} is missing, so this is not a run folder that can be resumed")
+    try: saved = json.loads(pj.read_text())
+    except ValueError as e: raise UsageError(f"--resume {run}: {pj} is not valid JSON ({e})") from None
+    state = json.loads((run/"run.json").read_text()) if (run/"run.json").is_file() else {}
+    was = state.get("experiment") or next((p.stem for p in run.glob("*.ipynb")), None)
+    if was is not None and was != name: raise UsageError(f"--resume {run}: that folder is a run of {was!r}, not of {name!r}")
+    if state.get("state") == "running" and _alive(state.get("pid")):
+        raise UsageError(f"--resume {run}: the run is still going (process {state['pid']}); stop it first")
+    unknown = [k for k in saved if k not in info["parameters"]]
+    if unknown: raise UsageError(f"--resume {run}: {pj} has parameter(s) {unknown} that experiment {name!r} no longer has")
+    for k, v in over.items():
+        if k in saved and _norm(v) != _norm(saved[k]):
+            raise UsageError(f"--resume {run}: parameter {k!r} is {saved[k]!r} in {pj} but {v!r} on the command line; "
+                             f"a resumed run keeps its parameters (leave -p {k} out)")
+    return {**{k: p["default"] for k, p in info["parameters"].items() if k not in saved}, **saved}
+
+def _wait_for_trainings(run: Path, seconds: float = 15.):
+    "A killed run's kernel notices its parent is gone within about a second; wait until no training of the run is alive."
+    import time
+    deadline = time.time() + seconds
+    for p in run.rglob("progress.json"):
+        try: pid = json.loads(p.read_text()).get("pid")
+        except ValueError: continue
+        while pid and pid != os.getpid() and _alive(pid) and time.time() < deadline: time.sleep(0.2)
+        if pid and pid != os.getpid() and _alive(pid):
+            raise UsageError(f"--resume {run}: process {pid} still trains {p.parent}; stop it first")
+
 def run_experiment(name: str, params: dict | None = None, out: str | os.PathLike = "runs",
-                   experiments: str | os.PathLike | None = None, log: bool = False) -> Path:
-    "Run experiment `name` with `params` overriding its defaults in a new folder under `out`; return the folder."
-    import papermill as pm
+                   experiments: str | os.PathLike | None = None, log: bool = False,
+                   resume: str | os.PathLike | None = None) -> Path:
+    """Run experiment `name` with `params` overriding its defaults in a new folder under `out`, or, with `resume`, go on
+    with the run in that folder (its parameters; trainings continue from their newest checkpoints). Returns the folder."""
+    import papermill as pm, time
     name = name.removesuffix(".ipynb")
     d = experiments_dir(experiments)
     src = d/f"{name}.ipynb"
@@ -242,34 +297,96 @@ def run_experiment(name: str, params: dict | None = None, out: str | os.PathLike
         raise UsageError(f"unknown experiment {name!r} in {d}; available: {', '.join(names) or '(none)'}")
     info = experiment_info(src)
     over, resolved = resolve_params(name, info, params)
-    run = new_run_dir(out, name)
-    (run/"params.json").write_text(json.dumps(resolved, indent=1, default=str))
-    nb_out, handler, lg = run/f"{name}.ipynb", None, logging.getLogger("papermill")
-    if log:
-        handler = logging.StreamHandler(sys.stderr); lg.addHandler(handler)
-        old_level = lg.level; lg.setLevel(logging.INFO)
+    if resume is not None:
+        run = Path(resume).absolute()
+        resolved = _resume_params(name, info, run, over); _wait_for_trainings(run)
+        over = dict(resolved)                                   # every value explicit: the run's, not today's defaults
+        state = _write_state(run, state="running", pid=os.getpid(), resumed=time.time(),
+                             resumes=json.loads((run/"run.json").read_text()).get("resumes", 0) + 1 if (run/"run.json").is_file() else 1)
+    else:
+        run = new_run_dir(out, name)
+        (run/"params.json").write_text(json.dumps(resolved, indent=1, default=str))
+        _write_state(run, experiment=name, state="running", pid=os.getpid(), started=time.time(), command=_command(name, over),
+                     params=resolved)
+    nb_out, lg = run/f"{name}.ipynb", logging.getLogger("papermill")
+    handlers = [logging.FileHandler(run/"log", encoding="utf-8")] + ([logging.StreamHandler(sys.stderr)] if log else [])
+    for h in handlers: lg.addHandler(h)
+    old_level, old_env = lg.level, os.environ.get("DISENTANGLE_RUN_LOG")
+    lg.setLevel(logging.INFO); os.environ["DISENTANGLE_RUN_LOG"] = str(run/"log")   # the trainings' progress bars go there too
+    def failed(why, e):
+        _write_state(run, state="failed", ended=time.time(), error=why)
+        return RunFailed(f"experiment {name!r} failed: {why}\nrun folder: {run}", run)
     try:
         pm.execute_notebook(str(src), str(nb_out), parameters=over, kernel_name="python3", language="python",
-                            cwd=str(run), progress_bar=False, log_output=log, **_engine_kwargs())
+                            cwd=str(run), progress_bar=False, log_output=True, **_engine_kwargs())
     except Exception as e:
         why = _cell_failure(e) if isinstance(e, pm.PapermillExecutionError) else f"{type(e).__name__}: {e}"
         try: write_report(nb_out, run/"report.html")
         except Exception as re_: why += f" (and report.html could not be written: {type(re_).__name__}: {re_})"
-        raise RunFailed(f"experiment {name!r} failed: {why}\nrun folder: {run}", run) from e
+        raise failed(why, e) from e
     finally:
-        if handler is not None: lg.removeHandler(handler); lg.setLevel(old_level)
+        for h in handlers: lg.removeHandler(h); h.close()
+        lg.setLevel(old_level)
+        if old_env is None: os.environ.pop("DISENTANGLE_RUN_LOG", None)
+        else: os.environ["DISENTANGLE_RUN_LOG"] = old_env
     try: write_report(nb_out, run/"report.html")
-    except Exception as e: raise RunFailed(f"experiment {name!r} ran but report.html could not be written ({type(e).__name__}: {e})\nrun folder: {run}", run) from e
+    except Exception as e: raise failed(f"ran but report.html could not be written ({type(e).__name__}: {e})", e) from e
     try: check_metrics(run/"metrics.json")
-    except (FileNotFoundError, ValueError) as e: raise RunFailed(f"experiment {name!r} ran but {e}\nrun folder: {run}", run) from None
+    except (FileNotFoundError, ValueError) as e: raise failed(f"ran but {e}", e) from None
+    _write_state(run, state="finished", ended=time.time())
     return run
 
 # %% ../nbs/30_cli.ipynb 30
+def _duration(s) -> str:
+    if s is None or s != s: return "?"
+    s = int(round(s)); h, m = divmod(s // 60, 60)
+    return f"{h} h {m:02d} min" if h else (f"{m} min {s % 60:02d} s" if m else f"{s} s")
+
+def run_status(run: str | os.PathLike) -> dict:
+    """What a run folder says of itself: the experiment, its state (`running`, `finished`, `failed` with the failing
+    cell, or `killed` when it says running but its process is gone), and each training's progress."""
+    import time
+    run = Path(run).absolute()
+    if not (run/"params.json").is_file(): raise UsageError(f"{run}: not a run folder (no params.json)")
+    st = json.loads((run/"run.json").read_text()) if (run/"run.json").is_file() else {}
+    state = st.get("state", "unknown")
+    if state == "running" and not _alive(st.get("pid")): state = "killed"
+    trainings = []
+    for p in sorted(run.rglob("progress.json")):
+        try: t = json.loads(p.read_text())
+        except ValueError: continue
+        t["where"] = str(p.parent.relative_to(run))
+        done, left = t.get("step", 0), t.get("total", 0) - t.get("step", 0)
+        t["eta_seconds"] = 0. if left <= 0 else (t["seconds"] / done * left if done else float("nan"))
+        t["state"] = "finished" if t.get("finished") else (state if state in ("killed", "failed") else "running")
+        trainings.append(t)
+    return dict(run=str(run), experiment=st.get("experiment", next((q.stem for q in run.glob("*.ipynb")), "?")), state=state,
+                pid=st.get("pid"), error=st.get("error"), command=st.get("command"),
+                elapsed=(st.get("ended") or time.time()) - st["started"] if "started" in st else None, trainings=trainings)
+
+def format_status(s: dict) -> str:
+    "The lines `disentangle status RUN_DIR` prints."
+    head = f"{s['run']}: {s['experiment']}, {s['state']}"
+    if s["state"] == "running": head += f" (process {s['pid']})"
+    if s["elapsed"] is not None: head += f", {_duration(s['elapsed'])} since it started"
+    lines = [head]
+    if s["state"] == "failed" and s["error"]: lines.append(f"  failed: {s['error']}")
+    if s["state"] == "killed": lines.append(f"  its process {s['pid']} is gone; go on with: disentangle run {s['experiment']} --resume {s['run']}")
+    if not s["trainings"]: lines.append("  no training has started yet")
+    for t in s["trainings"]:
+        pct = 100 * t["step"] / t["total"] if t["total"] else 100.
+        left = "" if t["state"] == "finished" else f", about {_duration(t['eta_seconds'])} left"
+        losses = "  ".join(f"{k} {v:.4g}" for k, v in list(t.get("losses", {}).items())[:6] if k != "steps_per_s" and isinstance(v, (int, float)))
+        lines.append(f"  {t['where']}: {t['state']}, step {t['step']} of {t['total']} ({pct:.0f}%), {_duration(t['seconds'])} of training{left}"
+                     + (f"; {losses}" if losses else ""))
+    return "\n".join(lines)
+
+# %% ../nbs/30_cli.ipynb 37
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="disentangle", description="List and run the experiment notebooks.")
     p.add_argument("--experiments", metavar="DIR", help=f"folder of experiment notebooks (default: ${ENV_VAR}, "
                    "else the checkout's nbs/experiments, else the installed package's)")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="{run,list}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{run,list,status}")
     sub.add_parser("list", help="list the experiments with their parameters, types and defaults")
     r = sub.add_parser("run", help="run an experiment in a new folder <out>/<YYYYmmdd-HHMMSS>-NAME")
     r.add_argument("name", metavar="NAME", help="experiment name (see `disentangle list`)")
@@ -277,6 +394,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a parameter (repeatable)")
     r.add_argument("--out", default="runs", metavar="DIR", help="where run folders go (default: ./runs)")
     r.add_argument("--log", action="store_true", help="stream the notebook's output to stderr")
+    r.add_argument("--resume", metavar="RUN_DIR", help="go on with the run in RUN_DIR (killed or failed) where it stopped, with its parameters")
+    s = sub.add_parser("status", help="the state of run folders: each training's step of total, time left, last losses")
+    s.add_argument("runs", nargs="+", metavar="RUN_DIR")
     return p
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,7 +409,9 @@ def main(argv: list[str] | None = None) -> int:
             if exps: print(format_experiments(exps))
             else: print(f"no experiments in {experiments_dir(args.experiments)}", file=sys.stderr)
             return 0
-        run = run_experiment(args.name, dict(args.param), out=args.out, experiments=args.experiments, log=args.log)
+        if args.cmd == "status":
+            print("\n".join(format_status(run_status(r)) for r in args.runs)); return 0
+        run = run_experiment(args.name, dict(args.param), out=args.out, experiments=args.experiments, log=args.log, resume=args.resume)
     except (UsageError, FileNotFoundError) as e:
         print(f"disentangle: error: {e}", file=sys.stderr); return 2
     except RunFailed as e:
@@ -297,6 +419,6 @@ def main(argv: list[str] | None = None) -> int:
     print(run)
     return 0
 
-# %% ../nbs/30_cli.ipynb 31
+# %% ../nbs/30_cli.ipynb 38
 if __name__ == "__main__" and getattr(globals().get("__spec__"), "name", None) == "disentangle.cli":
     sys.exit(main())  # `python -m disentangle.cli ...`; never fires inside a notebook

@@ -11,7 +11,7 @@ import torch
 
 # %% auto 0
 __all__ = ['seed_everything', 'get_device', 'from_dict', 'atomic_write', 'atomic_folder', 'save_tensors', 'load_tensors',
-           'Registry', 'save_metrics', 'collate_batched', 'BatchLoader']
+           'Registry', 'save_metrics', 'once', 'collate_batched', 'BatchLoader']
 
 # %% ../nbs/00_core.ipynb 5
 def seed_everything(seed: int) -> torch.Generator:
@@ -144,6 +144,18 @@ def save_metrics(metrics: dict, path: str | os.PathLike = "metrics.json") -> Pat
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 # %% ../nbs/00_core.ipynb 23
+def once(path: str | os.PathLike, fn):
+    "`fn()`'s JSON-able result, computed and saved at `path` the first time, read back from `path` afterwards (a resumed run's finished stage)."
+    path = Path(path)
+    if path.exists():
+        try: return json.loads(path.read_text())
+        except ValueError as e: raise ValueError(f"{path}: a saved stage result that is not valid JSON ({e}); delete it to compute it again") from None
+    value = fn()
+    text = json.dumps(value, default=lambda o: o.item() if isinstance(o, (np.generic, torch.Tensor)) else str(o))   # NumPy and 0-d tensor numbers
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return json.loads(text)
+
+# %% ../nbs/00_core.ipynb 26
 def collate_batched(batch):
     "DataLoader `collate_fn` for data sets whose `__getitems__` already returns a batch dict."
     return batch

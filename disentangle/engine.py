@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 from .core import get_device, atomic_write
 
 # %% auto 0
-__all__ = ['dist_env', 'init_distributed', 'ShardedBatches', 'rng_state', 'set_rng_state', 'atomic_save', 'load_checkpoint',
-           'load_state_strict', 'NonFiniteError', 'EngineConfig', 'Method', 'Engine']
+__all__ = ['PRECISIONS', 'dist_env', 'init_distributed', 'ShardedBatches', 'rng_state', 'set_rng_state', 'atomic_save',
+           'load_checkpoint', 'load_state_strict', 'has_bf16_units', 'NonFiniteError', 'EngineConfig', 'Method',
+           'Engine']
 
 # %% ../nbs/05_engine.ipynb 5
 def dist_env():
@@ -96,6 +97,14 @@ def load_state_strict(module: nn.Module, state: dict, where: str):
     module.load_state_dict(state)
 
 # %% ../nbs/05_engine.ipynb 13
+PRECISIONS = ('auto', 'fast', 'fp32', 'bf16')
+
+def has_bf16_units(device) -> bool:
+    "Whether `device` computes bf16 natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX (oneDNN's check)."
+    device = torch.device(device)
+    if device.type == 'cuda': return torch.cuda.is_bf16_supported()
+    return device.type == 'cpu' and torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
 class NonFiniteError(RuntimeError):
     "A loss or gradient became NaN or Inf."
 
@@ -105,18 +114,21 @@ class EngineConfig:
     out_dir: str = 'train'            # checkpoints (ckpt-<step>.pt), log.jsonl, tensorboard/
     seed: int = 0
     device: str = 'auto'
-    precision: str = 'auto'           # 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'
+    precision: str = 'auto'           # 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fast' (bf16 where has_bf16_units), 'fp32' or 'bf16'
     channels_last: bool = True        # on CUDA only
     compile: bool = False             # torch.compile the modules
     grad_accum: int = 1               # micro-batches per optimizer step
     clip_grad: float = 0.0            # max gradient norm (0: no clipping)
     ema_decay: float = 0.999
-    ckpt_every: int = 500
+    ckpt_every: int = 500             # a checkpoint every this many steps,
+    ckpt_minutes: float = 10.0        # and after this many minutes of wall time since the last one (0: steps only)
     keep: int = 3                     # checkpoints kept
-    log_every: int = 50
+    log_every: int = 50               # a log row every this many steps (and at each of the first `log_first` steps)
+    log_first: int = 20
     eval_every: int = 0               # 0: no evaluation
     tensorboard: bool = False
-    progress: bool = True
+    progress: bool = True             # a progress bar (also appended to the file $DISENTANGLE_RUN_LOG when it is set)
+    name: str = ''                    # the training's name in the bar and in progress.json (default: out_dir's name)
     resume: bool = True               # continue from the newest checkpoint in out_dir
 
 class Method(abc.ABC):
@@ -152,7 +164,9 @@ class Engine:
         self.method, self.batch_fn, self.cfg = method, batch, cfg
         self.rank, self.world, self.device = init_distributed(get_device(cfg.device))
         cuda = self.device.type == 'cuda'
-        self.amp = torch.bfloat16 if (cfg.precision == 'bf16' or (cfg.precision == 'auto' and cuda)) else None
+        if cfg.precision not in PRECISIONS: raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+        bf16 = cfg.precision == 'bf16' or (cfg.precision == 'auto' and cuda) or (cfg.precision == 'fast' and has_bf16_units(self.device))
+        self.amp = torch.bfloat16 if bf16 else None
         self.channels_last = cfg.channels_last and cuda
         self.out = Path(cfg.out_dir); self.global_step = 0; self._micro = 0
         for name, m in method.modules.items():
@@ -167,6 +181,7 @@ class Engine:
             if cfg.compile: w = torch.compile(w)
             self.wrapped[name] = w
         self.log_file = self.out / 'log.jsonl'; self.tb = None
+        self._before, self._t0, self._saved_at, self._last_losses, self._log_handle = 0., None, 0., {}, None
 
     # -- what train_step uses
     def __getitem__(self, name): return self.wrapped[name]
@@ -197,11 +212,12 @@ class Engine:
         return {'step': self.global_step, 'rng': rng_state(), 'modules': {n: v.state_dict() for n, v in m.modules.items()},
                 'optimizers': {n: o.state_dict() for n, o in m.optimizers.items()},
                 'schedulers': {n: s.state_dict() for n, s in m.schedulers.items()},
-                'ema': {n: list(v) for n, v in self.ema.items()}}
+                'ema': {n: list(v) for n, v in self.ema.items()}, 'seconds': self._seconds()}
     def save(self):
         if self.rank != 0: return None
         p = atomic_save(self.state(), self.out / f'ckpt-{self.global_step:08d}.pt')
         for old in self.checkpoints()[:-self.cfg.keep]: old.unlink()
+        self._saved_at = time.perf_counter()
         return p
     def load(self, path):
         s = load_checkpoint(path); m = self.method
@@ -210,9 +226,41 @@ class Engine:
         for n, sc in m.schedulers.items(): sc.load_state_dict(s['schedulers'][n])
         for n, v in s['ema'].items():
             for e, x in zip(self.ema[n], v): e.copy_(x)
-        set_rng_state(s['rng']); self.global_step = s['step']
+        set_rng_state(s['rng']); self.global_step = s['step']; self._before = float(s.get('seconds', 0.))
+        self._truncate_log()
 
-    # -- logging
+    # -- logging and progress
+    def _seconds(self):
+        "Wall seconds of training so far, over every segment of a resumed run."
+        return self._before + (time.perf_counter() - self._t0 if self._t0 is not None else 0.)
+    def _truncate_log(self):
+        "Drop the log rows past the step a resumed run starts from (a killed run logged them after its last checkpoint)."
+        if self.rank != 0 or not self.log_file.exists(): return
+        keep = []
+        for line in self.log_file.read_text().splitlines():
+            try: row = json.loads(line)
+            except ValueError: continue          # a line cut short by the kill
+            if row.get('step', 0) <= self.global_step: keep.append(line)
+        atomic_write(self.log_file, lambda tmp: Path(tmp).write_text(''.join(l + '\n' for l in keep)))
+    def progress(self, losses=None):
+        "Write progress.json (what `disentangle status` reads): step of total, seconds, last losses, finished."
+        if self.rank != 0: return
+        info = {'name': self.cfg.name or self.out.name, 'step': self.global_step, 'total': self.cfg.steps,
+                'seconds': self._seconds(), 'updated': time.time(), 'pid': os.getpid(),
+                'finished': self.global_step >= self.cfg.steps, 'precision': 'bf16' if self.amp else 'fp32',
+                'losses': losses or self._last_losses}
+        self._last_losses = info['losses']
+        atomic_write(self.out / 'progress.json', lambda tmp: Path(tmp).write_text(json.dumps(info)))
+    def _bar(self):
+        "The progress bar; with $DISENTANGLE_RUN_LOG set, a plain-text one appended to that file as well."
+        desc, off = self.cfg.name or self.out.name, not self.cfg.progress or self.rank != 0
+        path = os.environ.get('DISENTANGLE_RUN_LOG')
+        if path and not off:
+            from tqdm.std import tqdm as text_tqdm
+            self._log_handle = open(path, 'a')
+            return text_tqdm(total=self.cfg.steps, initial=self.global_step, desc=desc, file=self._log_handle, mininterval=10, ascii=True)
+        return tqdm(total=self.cfg.steps, initial=self.global_step, desc=desc, disable=off, mininterval=2)
+
     def log(self, row: dict):
         if self.rank != 0: return
         self.out.mkdir(parents=True, exist_ok=True)
@@ -230,10 +278,13 @@ class Engine:
         if self.rank == 0:
             for tmp in self.out.glob('.ckpt-*.tmp'): tmp.unlink()   # left by a crash during a save; the named checkpoints are whole
         if cfg.resume and self.checkpoints(): self.load(self.checkpoints()[-1])
-        else: torch.manual_seed(cfg.seed + self.rank); np.random.seed(cfg.seed + self.rank); random.seed(cfg.seed + self.rank)
+        else:
+            torch.manual_seed(cfg.seed + self.rank); np.random.seed(cfg.seed + self.rank); random.seed(cfg.seed + self.rank)
+            if self.rank == 0 and self.log_file.exists(): self.log_file.unlink()   # a fresh start: no rows of an older run
         for mod in m.modules.values(): mod.train()
-        bar = tqdm(total=cfg.steps, initial=self.global_step, disable=not cfg.progress or self.rank != 0, mininterval=2)
-        t0, n0 = time.perf_counter(), self.global_step
+        bar = self._bar()
+        t0 = self._t0 = self._saved_at = time.perf_counter(); n0 = self.global_step
+        self.progress()
         while self.global_step < cfg.steps:
             for micro in range(cfg.grad_accum):
                 b = _to(self.batch_fn(self.global_step * cfg.grad_accum + micro, self.rank, self.world), self.device, self.channels_last)
@@ -249,15 +300,19 @@ class Engine:
                 for name in m.optimizers: self.step(name)
             self._update_ema()
             self.global_step += 1; bar.update(1)
-            if self.global_step % cfg.log_every == 0 or self.global_step == cfg.steps:
+            if self.global_step % cfg.log_every == 0 or self.global_step <= cfg.log_first or self.global_step == cfg.steps:
                 row = {'step': self.global_step, **{k: float(v.detach().float().mean()) for k, v in losses.items()},
                        'steps_per_s': (self.global_step - n0) / (time.perf_counter() - t0)}
                 for n, o in m.optimizers.items(): row[f'lr_{n}'] = o.param_groups[0]['lr']
-                self.log(row); bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4g}")
+                self.log(row); bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4g}", refresh=False)
+                self.progress({k: v for k, v in row.items() if k != 'step' and not k.startswith('lr_')})
             if cfg.eval_every and self.global_step % cfg.eval_every == 0 and self.rank == 0:
                 self.log({'step': self.global_step, **{f'eval_{k}': float(v) for k, v in m.evaluate(self).items()}})
-            if self.global_step % cfg.ckpt_every == 0 or self.global_step == cfg.steps: self.save()
+            late = cfg.ckpt_minutes and time.perf_counter() - self._saved_at >= 60 * cfg.ckpt_minutes
+            if self.global_step % cfg.ckpt_every == 0 or self.global_step == cfg.steps or late: self.save()
         bar.close()
+        if self._log_handle is not None: self._log_handle.close(); self._log_handle = None
+        self.progress()
         return self
 
     def _update_ema(self):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 import disentangle
 from .core import seed_everything, get_device, save_tensors, load_tensors, Registry
+from .engine import Method
 from . import synthfaces as sf
 from . import metrics
 
@@ -22,9 +23,10 @@ __all__ = ['RES', 'ARCHS', 'LOSSES', 'INVARIANCE_GROUPS', 'ASSETS', 'MAX_BYTES',
            'to_normalised', 'LandmarkConfig', 'LandmarkNet', 'ParserConfig', 'FaceParser', 'RegressorConfig',
            'factor_ranges', 'FactorRegressor', 'fid_features', 'TrainConfig', 'degrade', 'identity_classes',
            'EmbedderLoss', 'landmark_targets', 'LandmarkLoss', 'soft_dice_loss', 'ParserLoss', 'FactorLoss',
-           'train_perception', 'tar_at_far', 'pair_similarities', 'verification_tar', 'embed', 'invariance_pairs',
-           'invariance', 'class_iou', 'mean_iou', 'r2_scores', 'evaluate_embedder', 'evaluate_landmarks',
-           'evaluate_parser', 'evaluate_factors', 'save_pretrained', 'load_pretrained', 'pretrained']
+           'PerceptionMethod', 'train_perception', 'tar_at_far', 'pair_similarities', 'verification_tar', 'embed',
+           'invariance_pairs', 'invariance', 'class_iou', 'mean_iou', 'r2_scores', 'evaluate_embedder',
+           'evaluate_landmarks', 'evaluate_parser', 'evaluate_factors', 'save_pretrained', 'load_pretrained',
+           'pretrained']
 
 # %% ../nbs/09_perception.ipynb 5
 RES = 64   # the resolution every net works at
@@ -293,29 +295,40 @@ class FactorLoss(nn.Module):
 LOSSES.register('FactorRegressor')(FactorLoss)
 
 # %% ../nbs/09_perception.ipynb 29
-def train_perception(net, data, cfg: TrainConfig = TrainConfig(), device='auto', progress=True, desc=None):
-    "Train `net` on SynthFaces data set `data`; returns the net (eval mode, no parameter gradients) and the history."
-    dev = get_device(device); seed_everything(cfg.seed)
-    objective = LOSSES[type(net).__name__](net, data, cfg)
-    net, objective = net.to(dev, memory_format=torch.channels_last), objective.to(dev)
-    opt = torch.optim.AdamW(list(net.parameters()) + list(objective.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.1)
-    batches, history, t0, c0 = _batches(data, cfg.batch_size, cfg.seed), [], time.perf_counter(), time.process_time()
-    aug = torch.Generator().manual_seed(cfg.seed + 7919)   # the augmentation's own stream, the same on every device
-    net.train()
-    bar = tqdm(range(cfg.steps), desc=desc or type(net).__name__, disable=not progress, mininterval=5)
-    for step in bar:
-        b = {k: v.to(dev, non_blocking=True) for k, v in next(batches).items() if k in ('image', 'mask', 'landmarks', 'factors', 'identity')}
-        if cfg.blur > 0 or cfg.noise > 0:
-            B = b['image'].shape[0]
+class PerceptionMethod(Method):
+    "A perception net and its objective (`LOSSES`) for the engine: AdamW, the one-cycle schedule, the augmentation."
+    def __init__(self, net, objective, cfg: TrainConfig):
+        self.net, self.objective, self.cfg = net, objective, cfg
+        self.modules = {'net': net, 'objective': objective}
+        opt = torch.optim.AdamW(list(net.parameters()) + list(objective.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizers = {'net': opt}
+        self.schedulers = {'net': torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.1)}
+    def train_step(self, b, engine) -> dict:
+        cfg = self.cfg
+        b = {k: v for k, v in b.items() if k in ('image', 'mask', 'landmarks', 'factors', 'identity')}
+        if cfg.blur > 0 or cfg.noise > 0:            # the augmentation's own stream, a function of (seed, step), the same on every device
+            aug = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 + engine.global_step); B = b['image'].shape[0]
             b['image'] = degrade(b['image'], torch.rand(B, generator=aug) * cfg.blur, torch.rand(B, generator=aug) * cfg.noise, aug)
         b['image'] = b['image'].contiguous(memory_format=torch.channels_last)
-        out = objective(net, b, step)
-        opt.zero_grad(set_to_none=True); out['loss'].backward(); opt.step(); sched.step()
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            history.append({'step': step, 'seconds': time.perf_counter() - t0, 'cpu_seconds': time.process_time() - c0,
-                            **{k: float(v.detach()) for k, v in out.items()}})
-            bar.set_postfix(loss=f"{history[-1]['loss']:.3g}")
+        return self.objective(engine['net'], b, engine.global_step)
+
+def train_perception(net, data, cfg: TrainConfig = TrainConfig(), device='auto', progress=True, desc=None, out_dir=None, ckpt_minutes=10.):
+    """Train `net` on SynthFaces data set `data` (or a real set with the labels its loss needs) through the engine,
+    checkpointed in `out_dir` (resumed from there; a temporary folder when None). Returns the net (eval mode, no
+    parameter gradients) and the log rows."""
+    import json, shutil, tempfile
+    from disentangle.engine import Engine, EngineConfig, ShardedBatches
+    seed_everything(cfg.seed)
+    objective = LOSSES[type(net).__name__](net, data, cfg)
+    net = net.to(memory_format=torch.channels_last)
+    tmp = tempfile.mkdtemp(prefix='perception-') if out_dir is None else None
+    out = Path(tmp or out_dir)
+    ecfg = EngineConfig(steps=cfg.steps, out_dir=str(out), seed=cfg.seed, device=str(get_device(device)), precision='fp32', ema_decay=0.,
+                        log_every=cfg.log_every, ckpt_every=cfg.steps, ckpt_minutes=ckpt_minutes, keep=1, progress=progress,
+                        name=desc or type(net).__name__)
+    Engine(PerceptionMethod(net, objective, cfg), ShardedBatches(data, cfg.batch_size, cfg.seed), ecfg).fit()
+    history = [json.loads(l) for l in open(out / 'log.jsonl')]
+    if tmp: shutil.rmtree(tmp, ignore_errors=True)
     return net.to(memory_format=torch.contiguous_format).eval().requires_grad_(False), history
 
 # %% ../nbs/09_perception.ipynb 33

@@ -16,8 +16,8 @@ from .engine import Method
 # %% auto 0
 __all__ = ['RECONSTRUCTION', 'FFHQ_PROMPTS', 'ZeroDIMConfig', 'SharedClassifier', 'FactorModel', 'ZeroDIM', 'LabeledImages',
            'PairedBatches', 'LatentStage', 'AmortizationStage', 'SynthesisStage', 'train_zerodim', 'Annotator',
-           'GroundTruthAnnotator', 'ZeroShotAnnotator', 'clip_annotator', 'SemiVAEConfig', 'SemiVAE', 'train_semi_vae',
-           'partial_scores', 'split_by_labels']
+           'GroundTruthAnnotator', 'ZeroShotAnnotator', 'clip_annotator', 'SemiVAEConfig', 'SemiVAE', 'SemiVAEMethod',
+           'train_semi_vae', 'partial_scores', 'split_by_labels']
 
 # %% ../nbs/14_zerodim.ipynb 5
 @dataclasses.dataclass
@@ -234,8 +234,9 @@ class SynthesisStage(Method):
         return {'loss': rec + cfg.w_latent * lat, 'reconstruction': rec, 'latent': lat}
 
 # %% ../nbs/14_zerodim.ipynb 21
-def train_zerodim(cfg: ZeroDIMConfig, data: LabeledImages, out_dir, device='auto', progress=True, log_every=50, ckpt_every=500) -> ZeroDIM:
-    "Stage 1, 2 and 3 on `data`; returns the trained model in eval mode."
+def train_zerodim(cfg: ZeroDIMConfig, data: LabeledImages, out_dir, device='auto', progress=True, log_every=50, ckpt_every=500,
+                  ckpt_minutes=10.) -> ZeroDIM:
+    "Stage 1, 2 and 3 on `data`, each checkpointed in its folder of `out_dir` (and resumed from there); returns the trained model in eval mode."
     from pathlib import Path
     from disentangle.engine import Engine, EngineConfig
     from disentangle.core import seed_everything
@@ -251,7 +252,8 @@ def train_zerodim(cfg: ZeroDIMConfig, data: LabeledImages, out_dir, device='auto
     for i, stage in enumerate((LatentStage, AmortizationStage, SynthesisStage)):
         meth = stage(model, n)
         ecfg = EngineConfig(steps=meth.steps, out_dir=str(Path(out_dir) / ('latent', 'amortization', 'synthesis')[i]), seed=cfg.seed + i,
-                            device=device, precision='fp32', ema_decay=0., log_every=log_every, ckpt_every=ckpt_every, keep=1, progress=progress)
+                            device=device, precision='fp32', ema_decay=0., log_every=log_every, ckpt_every=ckpt_every, ckpt_minutes=ckpt_minutes,
+                            keep=1, progress=progress, name=f"ZeroDIM {('latent', 'amortization', 'synthesis')[i]}")
         Engine(meth, batches, ecfg).fit()
     return model.eval()
 
@@ -343,13 +345,14 @@ class SemiVAE(nn.Module):
         self.encoder = ConvEncoder(channels, cfg.num_latent, variational=True)
         self.decoder = DeconvDecoder(channels, cfg.num_latent)
     def encode(self, x): return self.encoder(x)[0]
+    def forward(self, x, x_lab=None, y_lab=None, sizes=None): return self.loss(x, x_lab, y_lab, sizes)
     def loss(self, x, x_lab=None, y_lab=None, sizes=None) -> dict:
-        mu, logvar = self.encoder(x)
+        mu, logvar = (t.float() for t in self.encoder(x))
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        rec, kl = bernoulli_loss(x, self.decoder(z)), gaussian_kl(mu, logvar)
+        rec, kl = bernoulli_loss(x, self.decoder(z).float()), gaussian_kl(mu, logvar)
         out = {'reconstruction': rec, 'kl': kl, 'loss': rec + self.cfg.beta * kl}
         if self.cfg.gamma and x_lab is not None:
-            m = self.encoder(x_lab)[0][:, :self.cfg.n_factors]
+            m = self.encoder(x_lab)[0][:, :self.cfg.n_factors].float()
             target = y_lab.float() / (torch.as_tensor(sizes, device=y_lab.device).float() - 1)
             known = y_lab >= 0
             sup = F.binary_cross_entropy_with_logits(m[known], target[known], reduction='sum') / len(x_lab)
@@ -360,19 +363,32 @@ class SemiVAE(nn.Module):
         s = torch.as_tensor(sizes, device=x.device)
         return (torch.sigmoid(self.encode(x)[:, :self.cfg.n_factors]) * (s - 1)).round().long()
 
-def train_semi_vae(cfg: SemiVAEConfig, data: LabeledImages, sizes, device='auto', progress=True):
-    "Train on `data`'s images, with its labels in the supervised term; returns (model in eval mode, history)."
-    from tqdm.auto import tqdm
-    from disentangle.core import get_device, seed_everything
-    device = get_device(device); seed_everything(cfg.seed)
-    model = SemiVAE(cfg, data.images.shape[1]).to(device)
-    opt = torch.optim.Adam(model.parameters(), cfg.lr)
-    batches = PairedBatches(data, cfg.batch_size, cfg.seed); history = []
-    for step in tqdm(range(cfg.steps), desc='semi-supervised VAE' if cfg.gamma else 'beta-VAE', disable=not progress, mininterval=2):
-        b = batches(step)
-        out = model.loss(b['all']['image'].to(device), b['labeled']['image'].to(device), b['labeled']['labels'].to(device), sizes)
-        opt.zero_grad(set_to_none=True); out['loss'].backward(); opt.step()
-        if step % 100 == 0 or step == cfg.steps - 1: history.append({'step': step, **{k: float(v.detach()) for k, v in out.items()}})
+class SemiVAEMethod(Method):
+    "The semi-supervised VAE for `disentangle.engine.Engine`: batches of all images and of labeled ones (`PairedBatches`)."
+    def __init__(self, model: SemiVAE, sizes):
+        self.model, self.sizes = model, sizes
+        self.modules, self.optimizers = {'model': model}, {'model': torch.optim.Adam(model.parameters(), model.cfg.lr)}
+    def train_step(self, b, engine) -> dict:
+        return engine['model'](b['all']['image'], b['labeled']['image'], b['labeled']['labels'], self.sizes)
+
+def train_semi_vae(cfg: SemiVAEConfig, data: LabeledImages, sizes, device='auto', progress=True, out_dir=None, ckpt_minutes=10.,
+                   precision='fp32'):
+    """Train on `data`'s images, with its labels in the supervised term, through the engine (checkpoints in `out_dir`, resumed
+    from there; a temporary folder when None); returns (model in eval mode, the log rows)."""
+    import json, shutil, tempfile
+    from pathlib import Path
+    from disentangle.core import seed_everything
+    from disentangle.engine import Engine, EngineConfig
+    tmp = tempfile.mkdtemp(prefix='semi-vae-') if out_dir is None else None
+    out = Path(tmp or out_dir)
+    seed_everything(cfg.seed)
+    model = SemiVAE(cfg, data.images.shape[1])
+    ecfg = EngineConfig(steps=cfg.steps, out_dir=str(out), seed=cfg.seed, device=str(device), precision=precision, ema_decay=0.,
+                        log_every=100, ckpt_every=cfg.steps, ckpt_minutes=ckpt_minutes, keep=1, progress=progress,
+                        name='semi-supervised VAE' if cfg.gamma else 'beta-VAE')
+    Engine(SemiVAEMethod(model, sizes), PairedBatches(data, cfg.batch_size, cfg.seed), ecfg).fit()
+    history = [json.loads(l) for l in open(out / 'log.jsonl')]
+    if tmp: shutil.rmtree(tmp, ignore_errors=True)
     return model.eval(), history
 
 # %% ../nbs/14_zerodim.ipynb 33
