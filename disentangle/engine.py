@@ -286,20 +286,8 @@ class Engine:
         t0 = self._t0 = self._saved_at = time.perf_counter(); n0 = self.global_step
         self.progress()
         while self.global_step < cfg.steps:
-            for micro in range(cfg.grad_accum):
-                b = _to(self.batch_fn(self.global_step * cfg.grad_accum + micro, self.rank, self.world), self.device, self.channels_last)
-                sync = micro == cfg.grad_accum - 1
-                ctxs = [w.no_sync() for w in self.wrapped.values() if isinstance(w, nn.parallel.DistributedDataParallel) and not sync]
-                for c in ctxs: c.__enter__()
-                try:
-                    with self.autocast(): losses = m.train_step(b, self)
-                    if not m.manual: self.backward(losses['loss'])
-                finally:
-                    for c in ctxs: c.__exit__(None, None, None)
-            if not m.manual:
-                for name in m.optimizers: self.step(name)
-            self._update_ema()
-            self.global_step += 1; bar.update(1)
+            losses = self.run_step()
+            bar.update(1)
             if self.global_step % cfg.log_every == 0 or self.global_step <= cfg.log_first or self.global_step == cfg.steps:
                 row = {'step': self.global_step, **{k: float(v.detach().float().mean()) for k, v in losses.items()},
                        'steps_per_s': (self.global_step - n0) / (time.perf_counter() - t0)}
@@ -314,6 +302,25 @@ class Engine:
         if self._log_handle is not None: self._log_handle.close(); self._log_handle = None
         self.progress()
         return self
+
+    def run_step(self) -> dict:
+        "One optimizer step (its micro-batches, backward, clipping, optimizer and EMA updates); returns the last micro-batch's losses."
+        cfg, m = self.cfg, self.method
+        for micro in range(cfg.grad_accum):
+            b = _to(self.batch_fn(self.global_step * cfg.grad_accum + micro, self.rank, self.world), self.device, self.channels_last)
+            sync = micro == cfg.grad_accum - 1
+            ctxs = [w.no_sync() for w in self.wrapped.values() if isinstance(w, nn.parallel.DistributedDataParallel) and not sync]
+            for c in ctxs: c.__enter__()
+            try:
+                with self.autocast(): losses = m.train_step(b, self)
+                if not m.manual: self.backward(losses['loss'])
+            finally:
+                for c in ctxs: c.__exit__(None, None, None)
+        if not m.manual:
+            for name in m.optimizers: self.step(name)
+        self._update_ema()
+        self.global_step += 1
+        return losses
 
     def _update_ema(self):
         d = self.cfg.ema_decay

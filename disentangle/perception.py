@@ -12,21 +12,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 import disentangle
-from .core import seed_everything, get_device, save_tensors, load_tensors, Registry
+from .core import seed_everything, get_device, save_tensors, load_tensors, Registry, argmax_channels
 from .engine import Method
 from . import synthfaces as sf
 from . import metrics
 
 # %% auto 0
-__all__ = ['RES', 'ARCHS', 'LOSSES', 'INVARIANCE_GROUPS', 'ASSETS', 'MAX_BYTES', 'NETS', 'BUNDLED', 'to_res', 'conv_bn_relu',
-           'ResBlock', 'backbone', 'n_params', 'EmbedderConfig', 'FaceEmbedder', 'ArcFace', 'to_pixels',
-           'to_normalised', 'LandmarkConfig', 'LandmarkNet', 'ParserConfig', 'FaceParser', 'RegressorConfig',
-           'factor_ranges', 'FactorRegressor', 'fid_features', 'TrainConfig', 'degrade', 'identity_classes',
-           'EmbedderLoss', 'landmark_targets', 'LandmarkLoss', 'soft_dice_loss', 'ParserLoss', 'FactorLoss',
-           'PerceptionMethod', 'train_perception', 'tar_at_far', 'pair_similarities', 'verification_tar', 'embed',
-           'invariance_pairs', 'invariance', 'class_iou', 'mean_iou', 'r2_scores', 'evaluate_embedder',
-           'evaluate_landmarks', 'evaluate_parser', 'evaluate_factors', 'save_pretrained', 'load_pretrained',
-           'pretrained']
+__all__ = ['RES', 'ARCHS', 'LOSS_VARIANTS', 'LOSSES', 'INVARIANCE_GROUPS', 'ASSETS', 'MAX_BYTES', 'NETS', 'BUNDLED', 'to_res',
+           'conv_bn_relu', 'ResBlock', 'backbone', 'n_params', 'EmbedderConfig', 'FaceEmbedder', 'ArcFace', 'CosFace',
+           'to_pixels', 'to_normalised', 'LandmarkConfig', 'LandmarkNet', 'ParserConfig', 'FaceParser',
+           'RegressorConfig', 'factor_ranges', 'FactorRegressor', 'fid_features', 'TrainConfig', 'loss_variant',
+           'degrade', 'identity_classes', 'EmbedderLoss', 'landmark_targets', 'LandmarkLoss', 'soft_dice_loss',
+           'ParserLoss', 'FactorLoss', 'PerceptionMethod', 'train_perception', 'tar_at_far', 'pair_similarities',
+           'verification_tar', 'embed', 'invariance_pairs', 'invariance', 'class_iou', 'mean_iou', 'r2_scores',
+           'evaluate_embedder', 'evaluate_landmarks', 'evaluate_parser', 'evaluate_factors', 'save_pretrained',
+           'load_pretrained', 'pretrained']
 
 # %% ../nbs/09_perception.ipynb 5
 RES = 64   # the resolution every net works at
@@ -111,6 +111,24 @@ class ArcFace(nn.Module):
         return F.cross_entropy(logits, y), (cos.argmax(1) == y).float().mean()
 
 # %% ../nbs/09_perception.ipynb 18
+class CosFace(nn.Module):
+    "Large-margin cosine softmax over `n_classes` identities; forward(emb, y, margin) -> (loss, accuracy), as `ArcFace`."
+    def __init__(self, dim,               # embedding dimensionality
+                 n_classes,               # training identities
+                 s=30.0,                  # logit scale
+                 m=0.35):                 # cosine margin
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_classes, dim) * 0.01)
+        self.s, self.m = s, m
+    def logits(self, emb, y, m=None):
+        m = self.m if m is None else m
+        cos = F.linear(F.normalize(emb, dim=1), F.normalize(self.weight, dim=1)).clamp(-1, 1)   # (B, n_classes)
+        return self.s * (cos - m * F.one_hot(y, cos.shape[1]).to(cos.dtype)), cos
+    def forward(self, emb, y, m=None):
+        logits, cos = self.logits(emb, y, m)
+        return F.cross_entropy(logits, y), (cos.argmax(1) == y).float().mean()
+
+# %% ../nbs/09_perception.ipynb 21
 def to_pixels(u, h, w):
     "Normalised coordinates (..., 2) in [-1, 1] (x, y) -> pixel coordinates of an (h, w) image."
     return (u + 1) / 2 * torch.tensor([w, h], dtype=u.dtype, device=u.device) - 0.5
@@ -142,7 +160,7 @@ class LandmarkNet(nn.Module):
     def normalised(self, x): return self.head(self.body(to_res(x))).view(-1, self.cfg.n_points, 2)   # (B, P, 2) in [-1, 1]
     def forward(self, x): return to_pixels(self.normalised(x), *x.shape[-2:])
 
-# %% ../nbs/09_perception.ipynb 22
+# %% ../nbs/09_perception.ipynb 25
 @dataclasses.dataclass
 class ParserConfig:
     width: int = 12                    # channels at full resolution; doubled at each of the three downsamplings
@@ -168,9 +186,9 @@ class FaceParser(nn.Module):
         return logits if logits.shape[-2:] == x.shape[-2:] else _up(logits, x)
     def parse(self, x):
         "Labels (B, H, W) uint8, CelebAMask-HQ class ids."
-        return self(x).argmax(1).to(torch.uint8)
+        return argmax_channels(self(x)).to(torch.uint8)
 
-# %% ../nbs/09_perception.ipynb 25
+# %% ../nbs/09_perception.ipynb 28
 @dataclasses.dataclass
 class RegressorConfig:
     arch: str = 'resnet'                  # backbone family
@@ -204,7 +222,7 @@ def fid_features(x, net: FactorRegressor | None = None, chunk=256):
     dev = next(net.parameters()).device
     return torch.cat([net.features(x[i:i + chunk].to(dev)).float().cpu() for i in range(0, len(x), chunk)])
 
-# %% ../nbs/09_perception.ipynb 28
+# %% ../nbs/09_perception.ipynb 31
 @dataclasses.dataclass
 class TrainConfig:
     steps: int = 2000             # optimiser steps
@@ -218,7 +236,18 @@ class TrainConfig:
     margin_warmup: float = 0.2    # fraction of the steps over which the margin ramps up from 0 (embedders)
     blur: float = 0.0             # augmentation: each training image blurred by a Gaussian of sigma ~ U(0, blur) px
     noise: float = 0.0            # augmentation: plus Gaussian pixel noise of std ~ U(0, noise)
+    loss: str = ''                # the net's loss among LOSS_VARIANTS of its class ('': the first)
+    cos_m: float = 0.35           # CosFace margin (loss='cosface')
     log_every: int = 50
+
+LOSS_VARIANTS = {'FaceEmbedder': ('arcface', 'cosface'), 'LandmarkNet': ('l1', 'euclidean'),
+                 'FactorRegressor': ('mse', 'l1'), 'FaceParser': ('ce_dice',)}
+
+def loss_variant(net, cfg: TrainConfig) -> str:
+    "The loss variant `cfg.loss` names for `net` (its first variant when empty); unknown ones raise, listing the valid."
+    valid = LOSS_VARIANTS[type(net).__name__]
+    if cfg.loss and cfg.loss not in valid: raise ValueError(f"loss {cfg.loss!r} is not one of {type(net).__name__}'s: {valid}")
+    return cfg.loss or valid[0]
 
 def degrade(x, sigma, noise_std, generator=None):
     "Images (B,3,H,W): each blurred by a Gaussian of its own sigma (B,) px (0: unchanged), plus noise of std noise_std (B,)."
@@ -251,7 +280,8 @@ class EmbedderLoss(nn.Module):
     def __init__(self, net, data, cfg: TrainConfig):
         super().__init__()
         self.classes = identity_classes(data)
-        self.arc = ArcFace(net.cfg.dim, len(self.classes), cfg.arc_s, cfg.arc_m, cfg.easy_margin)
+        self.arc = (CosFace(net.cfg.dim, len(self.classes), cfg.arc_s, cfg.cos_m) if loss_variant(net, cfg) == 'cosface'
+                    else ArcFace(net.cfg.dim, len(self.classes), cfg.arc_s, cfg.arc_m, cfg.easy_margin))
         self.warmup = max(1, int(cfg.margin_warmup * cfg.steps))
     def forward(self, net, b, step):
         y = torch.searchsorted(self.classes.to(b['identity'].device), b['identity'])
@@ -266,11 +296,12 @@ def landmark_targets(net, b):
     return sf.landmarks_of(b['factors'], b['image'].shape[-1], net.cfg.points).to(b['image'].device)
 
 class LandmarkLoss(nn.Module):
-    def __init__(self, net, data, cfg): super().__init__()
+    def __init__(self, net, data, cfg): super().__init__(); self.euclidean = loss_variant(net, cfg) == 'euclidean'
     def forward(self, net, b, step):
         u = to_normalised(landmark_targets(net, b), *b['image'].shape[-2:])
         err = (net.normalised(b['image']) - u).abs() * RES / 2        # (B, P, 2) in 64 px pixels
-        return {'loss': err.mean(), 'px': err.norm(dim=-1).mean()}
+        px = err.norm(dim=-1).mean()
+        return {'loss': px if self.euclidean else err.mean(), 'px': px}
 LOSSES.register('LandmarkNet')(LandmarkLoss)
 
 def soft_dice_loss(logits, y):
@@ -280,21 +311,21 @@ def soft_dice_loss(logits, y):
     return 1 - ((2 * inter + 1) / (area + 1))[present].mean()
 
 class ParserLoss(nn.Module):
-    def __init__(self, net, data, cfg): super().__init__()
+    def __init__(self, net, data, cfg): super().__init__(); loss_variant(net, cfg)
     def forward(self, net, b, step):
         logits, y = net(b['image']), b['mask'].long()
         ce, dice = F.cross_entropy(logits, y), soft_dice_loss(logits, y)
-        return {'loss': ce + dice, 'cross_entropy': ce, 'dice': dice, 'accuracy': (logits.argmax(1) == y).float().mean()}
+        return {'loss': ce + dice, 'cross_entropy': ce, 'dice': dice, 'accuracy': (argmax_channels(logits.detach()) == y).float().mean()}
 LOSSES.register('FaceParser')(ParserLoss)
 
 class FactorLoss(nn.Module):
-    def __init__(self, net, data, cfg): super().__init__()
+    def __init__(self, net, data, cfg): super().__init__(); self.l1 = loss_variant(net, cfg) == 'l1'
     def forward(self, net, b, step):
-        t = (b['factors'] - net.lo) / (net.hi - net.lo)
-        return {'loss': (net.scaled(b['image']) - t).pow(2).mean()}
+        d = net.scaled(b['image']) - (b['factors'] - net.lo) / (net.hi - net.lo)
+        return {'loss': d.abs().mean() if self.l1 else d.pow(2).mean()}
 LOSSES.register('FactorRegressor')(FactorLoss)
 
-# %% ../nbs/09_perception.ipynb 29
+# %% ../nbs/09_perception.ipynb 32
 class PerceptionMethod(Method):
     "A perception net and its objective (`LOSSES`) for the engine: AdamW, the one-cycle schedule, the augmentation."
     def __init__(self, net, objective, cfg: TrainConfig):
@@ -331,7 +362,7 @@ def train_perception(net, data, cfg: TrainConfig = TrainConfig(), device='auto',
     if tmp: shutil.rmtree(tmp, ignore_errors=True)
     return net.to(memory_format=torch.contiguous_format).eval().requires_grad_(False), history
 
-# %% ../nbs/09_perception.ipynb 33
+# %% ../nbs/09_perception.ipynb 37
 def tar_at_far(genuine, impostor, far=1e-3) -> dict:
     "TAR of genuine similarities (G,) at the threshold where at most `far` of the impostor similarities (I,) lie above it."
     gen, imp = torch.as_tensor(genuine, dtype=torch.float64).flatten(), torch.as_tensor(impostor, dtype=torch.float64).flatten()
@@ -353,7 +384,7 @@ def verification_tar(emb, ids, far=1e-3) -> float:
     "TAR at FAR = `far` over all pairs of embeddings (N, D) with identity ids (N,)."
     return tar_at_far(*pair_similarities(emb, ids), far)['tar']
 
-# %% ../nbs/09_perception.ipynb 37
+# %% ../nbs/09_perception.ipynb 41
 INVARIANCE_GROUPS = {'pose': ('yaw', 'pitch', 'roll'), 'expression': ('smile', 'eye_open', 'brow_raise'),
                      'light': ('light_x', 'light_y', 'ambient', 'diffuse'), 'background': ('background',), 'glasses': ('glasses',),
                      'all_attributes': tuple(f.name for f in sf.FACTORS if f.group != 'identity')}
@@ -383,7 +414,7 @@ def invariance(net, identities, size=64, seed=0) -> dict:
     e0 = embed(net, imgs.pop('base'))
     return {k: float(metrics.cosine_similarity(e0, embed(net, x)).mean()) for k, x in imgs.items()}
 
-# %% ../nbs/09_perception.ipynb 39
+# %% ../nbs/09_perception.ipynb 43
 def class_iou(pred, gt, n_classes=len(sf.CLASSES)):
     "IoU (n_classes,) of label maps pred, gt (N, H, W) pooled over all pixels; NaN for classes absent from gt."
     pred, gt = torch.as_tensor(pred).long().flatten(), torch.as_tensor(gt).long().flatten()
@@ -402,7 +433,7 @@ def r2_scores(pred, y):
     if pred.shape != y.shape or y.ndim != 2: raise ValueError(f"pred and y must both be (N, F), got {tuple(pred.shape)} and {tuple(y.shape)}")
     return 1 - (pred - y).pow(2).sum(0) / (y - y.mean(0)).pow(2).sum(0)
 
-# %% ../nbs/09_perception.ipynb 42
+# %% ../nbs/09_perception.ipynb 46
 @torch.no_grad()
 def _run(net, data, fn, target, chunk=256):   # target: a key of the batch, or a function of it
     dev, outs, gts = next(net.parameters()).device, [], []
@@ -433,12 +464,12 @@ def evaluate_factors(net, data) -> dict:
     r2 = r2_scores(p, gt)
     return {'r2_mean': float(r2.mean()), **{f'r2_{n}': float(v) for n, v in zip(sf.FACTOR_NAMES, r2)}}
 
-# %% ../nbs/09_perception.ipynb 47
+# %% ../nbs/09_perception.ipynb 51
 ASSETS = Path(disentangle.__file__).parent / 'assets'   # shipped as package data (setup.py: assets/*)
 MAX_BYTES = 5_000_000
 NETS = {'FaceEmbedder': (FaceEmbedder, EmbedderConfig), 'LandmarkNet': (LandmarkNet, LandmarkConfig),
         'FaceParser': (FaceParser, ParserConfig), 'FactorRegressor': (FactorRegressor, RegressorConfig)}
-BUNDLED = ('id_train', 'id_judge', 'landmarks', 'landmarks_dense', 'parser', 'factors', 'factor_judge')
+BUNDLED = ('id_train', 'id_judge', 'landmarks', 'landmarks_dense', 'landmark_judge', 'parser', 'factors', 'factor_judge')
 
 def _asset(name, assets=None):
     s = str(name)

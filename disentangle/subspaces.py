@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from . import synthfaces as sf
 from . import metrics
+from .core import argmax_channels
 from .engine import Method
 from .perception import backbone, r2_scores
 
@@ -140,8 +141,9 @@ class SubspaceAE(nn.Module):
         h = torch.einsum('bki,kio->bko', inp, self.fc_w) + self.fc_b                    # (B, K, c0 s0 s0)
         h = F.leaky_relu(h, 0.2).reshape(B * self.K, self.c0, self.s0, self.s0)        # (B K, c0, s0, s0) one image per decoder
         o = self.trunk(h.contiguous(memory_format=torch.channels_last)).contiguous().view(B, self.K, 4, self.cfg.size, self.cfg.size)
-        rgb, logits = torch.tanh(o[:, :, :3]), o[:, :, 3]                               # (B,K,3,S,S), (B,K,S,S)
-        masks = F.one_hot(logits.argmax(1), self.K).permute(0, 3, 1, 2).to(rgb.dtype) if hard else logits.softmax(1)
+        rgb, logits = o.split([3, 1], 2)                                               # (split's backward is one cat, not two zero-fills)
+        rgb, logits = torch.tanh(rgb), logits.squeeze(2)                                # (B,K,3,S,S), (B,K,S,S)
+        masks = F.one_hot(argmax_channels(logits), self.K).permute(0, 3, 1, 2).to(rgb.dtype) if hard else logits.softmax(1)
         return {'image': (masks.unsqueeze(2) * rgb).sum(1), 'rgb': rgb, 'logits': logits, 'masks': masks}
 
     def forward(self, x):
@@ -200,7 +202,7 @@ def subspace_losses(out, x, regions_map, cfg: SubspaceConfig, disc=None, code=No
         losses['enc_mask'] = (F.cross_entropy(el, regions_map, reduction='none') * w).mean(); loss = loss + cfg.w_mask * losses['enc_mask']
     if cfg.w_ind > 0 and disc is not None:
         tc = tc_estimate(disc, code); losses['tc'] = tc; loss = loss + cfg.w_ind * tc
-    losses['mask_accuracy'] = (out['logits'].argmax(1) == regions_map).float().mean().detach()
+    losses['mask_accuracy'] = (argmax_channels(out['logits'].detach()) == regions_map).float().mean()
     return {'loss': loss, **losses}
 
 # %% ../nbs/11_subspaces.ipynb 17

@@ -93,3 +93,31 @@ def test_train_perception_on_celeba_layout(tmp_path):
         run_experiment("train_perception", {**params, "nets": "parser"}, out=tmp_path / "b", experiments=EXPS)
     with pytest.raises(RunFailed, match="bundle=True is for the SynthFaces nets"):
         run_experiment("train_perception", {**params, "bundle": True}, out=tmp_path / "c", experiments=EXPS)
+
+
+def _recipe(name):
+    "A bundled net's recipe and config, as its metadata records them."
+    from disentangle.core import load_tensors
+    _, meta = load_tensors(P.ASSETS / f"{name}.safetensors")
+    info = meta["info"] if isinstance(meta["info"], dict) else eval(meta["info"], {})   # older files kept the info as its repr
+    config = meta["config"] if isinstance(meta["config"], dict) else eval(meta["config"], {})
+    return info["recipe"], config, meta["net"]
+
+
+def _people(recipe):
+    "The identity ids of the split a net learnt from, from its recipe's data (no image is rendered)."
+    d = recipe["data"]
+    return set(P.identity_classes(sf.SynthFaces(d["n_identities"], d["images_per_identity"], d["size"], d["seed"], split=d["split"])).tolist())
+
+
+@pytest.mark.parametrize("judge,partner", [("id_judge", "id_train"), ("landmark_judge", "landmarks_dense"), ("factor_judge", "factors")])
+def test_judges_are_independent_of_the_nets_methods_train_with(judge, partner):
+    "A judge learnt from other people, with another architecture and another loss, than the net a method trains with."
+    (rj, cj, nj), (rp, cp, np_) = _recipe(judge), _recipe(partner)
+    assert nj == np_                                                       # the same kind of net ...
+    assert rj["judge"] and rj["architecture"] == cj["arch"] != cp["arch"]  # ... of another architecture
+    variants = P.LOSS_VARIANTS[nj]
+    assert rj["loss"] != (rp.get("loss") or rp["train"].get("loss") or variants[0]) and rj["loss"] in variants
+    pj, pp = _people(rj), _people(rp)
+    assert len(pj) >= 2000 and len(pp) >= 2000 and not pj & pp            # thousands of people each, none shared
+    assert rj["identities"] == dict(count=len(pj), first=min(pj), last=max(pj))

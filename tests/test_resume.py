@@ -20,31 +20,44 @@ def launch(name, params, out, resume=None):
     return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def training_under_way(run: Path) -> bool:
-    "Some training of the run has taken a step in this segment and is not finished."
+def alive(pid) -> bool:
+    try: os.kill(pid, 0); return True
+    except ProcessLookupError: return False
+
+
+def steps_of(run: Path) -> dict:
+    "Each training's step, by its folder."
+    out = {}
     for p in run.rglob("progress.json"):
-        try: t = json.loads(p.read_text())
-        except ValueError: continue
-        if not t["finished"] and t["step"] > 0: return True
-    return False
+        try: out[p.parent] = json.loads(p.read_text())
+        except ValueError: pass
+    return out
+
+
+def training_under_way(run: Path, before: dict) -> bool:
+    "Some training of the run has taken a step since `before` (steps_of at the launch) and is not finished."
+    return any(not t["finished"] and t["step"] > before.get(k, {}).get("step", 0) for k, t in steps_of(run).items())
 
 
 def kill_mid_training(name, params, out, kills, seed):
     "Start the run, then SIGKILL it `kills` times at a random moment of a training, resuming after each; return its folder."
     rng, run, done = random.Random(seed), None, 0
     while done < kills:
+        before = steps_of(run) if run else {}
         p = launch(name, params, out, resume=run)
         deadline = time.time() + 300
         while p.poll() is None and time.time() < deadline:
             if run is None and out.exists() and list(out.iterdir()): run = next(out.iterdir())
-            if run is not None and training_under_way(run): break
+            if run is not None and training_under_way(run, before): break
             time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 1.5))
+        time.sleep(rng.uniform(0.0, 1.0))
         if p.poll() is not None:
             raise AssertionError(f"{name} ended before kill {done + 1} of {kills}: make the run longer ({p.stderr.read()[-2000:]})")
-        assert training_under_way(run), "the kill would not land mid-training"
+        assert training_under_way(run, before), "the kill would not land mid-training"
         p.send_signal(signal.SIGKILL); p.wait(); done += 1
         assert run_status(run)["state"] == "killed"
+        for t in steps_of(run).values():        # its kernel notices within about a second that its parent is gone
+            while alive(t["pid"]): time.sleep(0.1)
     p = launch(name, params, out, resume=run); _, err = p.communicate(timeout=900)
     assert p.returncode == 0, err[-3000:]
     return run
@@ -66,7 +79,7 @@ def test_baselines_sigkill_resume_is_exact(tmp_path):
     same_metrics(run, ref)
     s = run_status(run)
     assert s["state"] == "finished" and all(t["finished"] for t in s["trainings"]) and len(s["trainings"]) == 2
-    assert json.loads((run / "run.json").read_text())["resumes"] == 4
+    assert json.loads((run / "run.json").read_text())["resumes"] == 3
     with pytest.raises(UsageError, match=r"parameter 'steps' is 160 in .*params.json but 200 on the command line"):
         run_experiment("baselines", {"steps": "200"}, experiments=EXPS, resume=run)
 
