@@ -252,6 +252,20 @@ def _write_state(run: Path, **info):
 
 def _norm(v): return json.loads(json.dumps(v, default=str))
 
+def _provenance() -> dict:
+    "What a model card needs of the code and the machine: the commit of the package's checkout (and whether it had changes), torch, threads, CPU or GPU."
+    import platform, subprocess, torch
+    root = Path(disentangle.__file__).resolve().parent.parent
+    git = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True, timeout=30)
+    try:
+        head = git("rev-parse", "HEAD"); commit = head.stdout.strip() if head.returncode == 0 else None
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip()) if commit else None
+    except (OSError, subprocess.SubprocessError): commit, dirty = None, None
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return dict(commit=commit, dirty=dirty, torch=torch.__version__, threads=int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1),
+                hardware=gpu or f"{cpu} ({os.cpu_count()} cores)")
+
 def _resume_params(name: str, info: dict, run: Path, over: dict) -> dict:
     "The parameters of run folder `run`, checked against the overrides given now; raises UsageError on any difference."
     if not run.is_dir(): raise UsageError(f"--resume {run}: no such run folder")
@@ -301,13 +315,13 @@ def run_experiment(name: str, params: dict | None = None, out: str | os.PathLike
         run = Path(resume).absolute()
         resolved = _resume_params(name, info, run, over); _wait_for_trainings(run)
         over = dict(resolved)                                   # every value explicit: the run's, not today's defaults
-        state = _write_state(run, state="running", pid=os.getpid(), resumed=time.time(),
+        state = _write_state(run, state="running", pid=os.getpid(), resumed=time.time(), resumed_with=_provenance(),
                              resumes=json.loads((run/"run.json").read_text()).get("resumes", 0) + 1 if (run/"run.json").is_file() else 1)
     else:
         run = new_run_dir(out, name)
         (run/"params.json").write_text(json.dumps(resolved, indent=1, default=str))
         _write_state(run, experiment=name, state="running", pid=os.getpid(), started=time.time(), command=_command(name, over),
-                     params=resolved)
+                     params=resolved, **_provenance())
     nb_out, lg = run/f"{name}.ipynb", logging.getLogger("papermill")
     handlers = [logging.FileHandler(run/"log", encoding="utf-8")] + ([logging.StreamHandler(sys.stderr)] if log else [])
     for h in handlers: lg.addHandler(h)
