@@ -27,7 +27,7 @@ setuptools.setup(
     # `disentangle.experiments` is the folder nbs/experiments: the papermill notebooks ship with the package.
     packages=['disentangle', 'disentangle.experiments'],
     package_dir={'disentangle': cfg['lib_path'], 'disentangle.experiments': 'nbs/experiments'},
-    package_data={'disentangle': ['assets/*'], 'disentangle.experiments': ['*.ipynb']},
+    package_data={'disentangle': ['assets/*', 'assets/zoo/*'], 'disentangle.experiments': ['*.ipynb']},
     include_package_data=True,
     install_requires=requirements,
     extras_require={'dev': dev_requirements},

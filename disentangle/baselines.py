@@ -131,9 +131,10 @@ class BaselineMethod(Method):
         self.optimizers = {'model': torch.optim.Adam(model.parameters(), lr=model.cfg.lr)}
     def train_step(self, x, engine) -> dict: return engine['model'](x)
 
-def train_baseline(cfg: BaselineConfig, data, device=None, progress=True, out_dir=None, ckpt_minutes=10.):
+def train_baseline(cfg: BaselineConfig, data, device=None, progress=True, out_dir=None, ckpt_minutes=10., stop_after=0):
     """Train `cfg.model` on ground-truth data `data` through the engine, checkpointed in `out_dir` (resumed from its newest
-    checkpoint; a temporary folder when None). Returns the model (eval mode, on `device`) and the log rows."""
+    checkpoint; a temporary folder when None). Returns the model (eval mode, on `device`) and the log rows. `stop_after`:
+    leave after that many steps of the recipe (the model zoo's check of a card)."""
     import tempfile, shutil
     tmp = tempfile.mkdtemp(prefix='baseline-') if out_dir is None else None
     out = Path(tmp or out_dir)
@@ -142,7 +143,7 @@ def train_baseline(cfg: BaselineConfig, data, device=None, progress=True, out_di
     model = Baseline(cfg, channels=x0.shape[1])
     ecfg = EngineConfig(steps=cfg.steps, out_dir=str(out), seed=cfg.seed, device=str(get_device(device)), precision=cfg.precision,
                         ema_decay=0., log_every=cfg.log_every, ckpt_every=cfg.steps, ckpt_minutes=ckpt_minutes, keep=1,
-                        progress=progress, name=f"{cfg.model} on {getattr(data, 'name', 'data')}")
+                        progress=progress, name=f"{cfg.model} on {getattr(data, 'name', 'data')}", stop_after=stop_after)
     Engine(BaselineMethod(model), GroundTruthBatches(data, cfg.batch_size, cfg.seed, cfg.pool), ecfg).fit()
     history = [json.loads(l) for l in open(out / 'log.jsonl')]
     if tmp: shutil.rmtree(tmp, ignore_errors=True)

@@ -130,6 +130,7 @@ class EngineConfig:
     progress: bool = True             # a progress bar (also appended to the file $DISENTANGLE_RUN_LOG when it is set)
     name: str = ''                    # the training's name in the bar and in progress.json (default: out_dir's name)
     resume: bool = True               # continue from the newest checkpoint in out_dir
+    stop_after: int = 0               # leave the loop after this many steps, unfinished (0: run to `steps`); zoo.verify replays a recipe's first steps
 
 class Method(abc.ABC):
     "What a method gives the engine. Subclass, set `modules` and `optimizers`, and define `train_step`."
@@ -285,7 +286,7 @@ class Engine:
         bar = self._bar()
         t0 = self._t0 = self._saved_at = time.perf_counter(); n0 = self.global_step
         self.progress()
-        while self.global_step < cfg.steps:
+        while self.global_step < (min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps):
             losses = self.run_step()
             bar.update(1)
             if self.global_step % cfg.log_every == 0 or self.global_step <= cfg.log_first or self.global_step == cfg.steps:
