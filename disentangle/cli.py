@@ -12,7 +12,7 @@ import disentangle
 # %% auto 0
 __all__ = ['ENV_VAR', 'UsageError', 'experiments_dir', 'experiment_info', 'list_experiments', 'format_experiments',
            'make_notebook', 'coerce_param', 'resolve_params', 'new_run_dir', 'RunFailed', 'write_report',
-           'check_metrics', 'run_experiment', 'run_status', 'format_status', 'main']
+           'check_metrics', 'run_experiment', 'run_status', 'format_status', 'keep_run', 'main']
 
 # %% ../nbs/30_cli.ipynb 5
 ENV_VAR = "DISENTANGLE_EXPERIMENTS"
@@ -396,11 +396,27 @@ def format_status(s: dict) -> str:
     return "\n".join(lines)
 
 # %% ../nbs/30_cli.ipynb 37
+def keep_run(run: str | os.PathLike, name: str, results: str | os.PathLike | None = None, max_bytes: int = 400_000) -> Path:
+    "Copy a finished run's small results (parameters, metrics, run state, trainings' progress, figures) to `results/<experiment>/<name>/`."
+    import shutil
+    run = Path(run)
+    st = run_status(run)
+    if st["state"] != "finished": raise UsageError(f"{run}: the run is {st['state']}; only a finished run's results are kept")
+    dest = Path(results or Path(disentangle.__file__).resolve().parent.parent / "results") / st["experiment"] / name
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ("params.json", "metrics.json", "run.json"): shutil.copy2(run / f, dest / f)
+    for p in run.rglob("progress.json"):
+        shutil.copy2(p, dest / f"progress-{str(p.parent.relative_to(run)).replace('/', '-')}.json")
+    for p in run.glob("*.png"):
+        if p.stat().st_size <= max_bytes: shutil.copy2(p, dest / p.name)
+    return dest
+
+# %% ../nbs/30_cli.ipynb 40
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="disentangle", description="List and run the experiment notebooks.")
     p.add_argument("--experiments", metavar="DIR", help=f"folder of experiment notebooks (default: ${ENV_VAR}, "
                    "else the checkout's nbs/experiments, else the installed package's)")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="{run,list,status}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{run,list,status,keep}")
     sub.add_parser("list", help="list the experiments with their parameters, types and defaults")
     r = sub.add_parser("run", help="run an experiment in a new folder <out>/<YYYYmmdd-HHMMSS>-NAME")
     r.add_argument("name", metavar="NAME", help="experiment name (see `disentangle list`)")
@@ -411,6 +427,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", metavar="RUN_DIR", help="go on with the run in RUN_DIR (killed or failed) where it stopped, with its parameters")
     s = sub.add_parser("status", help="the state of run folders: each training's step of total, time left, last losses")
     s.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    k = sub.add_parser("keep", help="copy a finished run's parameters, metrics, state and figures to results/<experiment>/NAME/")
+    k.add_argument("run", metavar="RUN_DIR"); k.add_argument("keep_name", metavar="NAME")
+    k.add_argument("--results", metavar="DIR", help="instead of the checkout's results/")
     return p
 
 def main(argv: list[str] | None = None) -> int:
@@ -423,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
             if exps: print(format_experiments(exps))
             else: print(f"no experiments in {experiments_dir(args.experiments)}", file=sys.stderr)
             return 0
+        if args.cmd == "keep":
+            print(keep_run(args.run, args.keep_name, args.results)); return 0
         if args.cmd == "status":
             print("\n".join(format_status(run_status(r)) for r in args.runs)); return 0
         run = run_experiment(args.name, dict(args.param), out=args.out, experiments=args.experiments, log=args.log, resume=args.resume)
@@ -433,6 +454,6 @@ def main(argv: list[str] | None = None) -> int:
     print(run)
     return 0
 
-# %% ../nbs/30_cli.ipynb 38
+# %% ../nbs/30_cli.ipynb 41
 if __name__ == "__main__" and getattr(globals().get("__spec__"), "name", None) == "disentangle.cli":
     sys.exit(main())  # `python -m disentangle.cli ...`; never fires inside a notebook
