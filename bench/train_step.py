@@ -199,10 +199,10 @@ def markdown(results: dict) -> str:
             m, t = k.split('/')
             out.append(f"| {m} | {t} | {r['old_s'] * 1000:.1f} | {r['new_s'] * 1000:.1f} | **{r['speedup']:.2f}x** | {', '.join(f'{x:.2f}' for x in r['ratios'])} |")
     if 'curves' in results:
-        out += ['', 'Mean loss of steps 401-500 of a 500-step run from the same start (1 thread): bf16 against fp32, beside fp32 with another seed:',
-                '', '| model | fp32, seed 0 | bf16, seed 0 | fp32, seed 1 | bf16 - fp32 | seed 1 - seed 0 |', '|---|---|---|---|---|---|']
+        out += ['', 'Mean loss of the last fifth of an N-step run from the same start (1 thread): bf16 against fp32, beside fp32 with another seed:',
+                '', '| model | N | fp32, seed 0 | bf16, seed 0 | fp32, seed 1 | bf16 - fp32 | seed 1 - seed 0 |', '|---|---|---|---|---|---|---|']
         for m, r in results['curves'].items():
-            out.append(f"| {m} | {r['fp32 seed 0']:.4g} | {r['bf16 seed 0']:.4g} | {r['fp32 seed 1']:.4g} | {r['bf16 - fp32']:+.3g} | {r['seed 1 - seed 0']:+.3g} |")
+            out.append(f"| {m} | {r.get('steps', 500)} | {r['fp32 seed 0']:.4g} | {r['bf16 seed 0']:.4g} | {r['fp32 seed 1']:.4g} | {r['bf16 - fp32']:+.3g} | {r['seed 1 - seed 0']:+.3g} |")
     return '\n'.join(out)
 
 
@@ -234,7 +234,8 @@ def main():
     ap.add_argument('--device', default='cpu')
     ap.add_argument('--vs', metavar='REV', help='old commit: old/new ratios, measured in turn (A B A B ...)')
     ap.add_argument('--pairs', type=int, default=3)
-    ap.add_argument('--curves', action='store_true', help='500-step loss curves, fp32 against bf16')
+    ap.add_argument('--curves', action='store_true', help='loss curves, fp32 against bf16')
+    ap.add_argument('--curve-steps', type=int, default=500)
     ap.add_argument('--json', help='also write the results here')
     ap.add_argument('--markdown', nargs='+', metavar='JSON', help='print the BENCHMARKS.md tables of saved results files, and stop')
     a = ap.parse_args()
@@ -254,11 +255,13 @@ def main():
     if a.curves:
         rows = {}
         for name in models:
-            runs = {(p, s): run_worker(dict(kind='curve', model=name, precision=p, seed=s, steps=500)) for p, s in (('fp32', 0), ('fast', 0), ('fp32', 1))}
-            tail = {k: statistics.mean(v[-100:]) for k, v in runs.items()}
-            rows[name] = {'fp32 seed 0': tail[('fp32', 0)], 'bf16 seed 0': tail[('fast', 0)], 'fp32 seed 1': tail[('fp32', 1)],
+            runs = {(p, s): run_worker(dict(kind='curve', model=name, precision=p, seed=s, steps=a.curve_steps), timeout=7200)
+                    for p, s in (('fp32', 0), ('fast', 0), ('fp32', 1))}
+            tail = {k: statistics.mean(v[-max(1, a.curve_steps // 5):]) for k, v in runs.items()}
+            rows[name] = {'steps': a.curve_steps, 'fp32 seed 0': tail[('fp32', 0)], 'bf16 seed 0': tail[('fast', 0)], 'fp32 seed 1': tail[('fp32', 1)],
                           'bf16 - fp32': tail[('fast', 0)] - tail[('fp32', 0)], 'seed 1 - seed 0': tail[('fp32', 1)] - tail[('fp32', 0)]}
             print(f"{name:12s} " + '  '.join(f"{k} {v:.4g}" for k, v in rows[name].items()), flush=True)
+            if a.json: Path(a.json).write_text(json.dumps({**results, 'curves': rows}, indent=1))
         results['curves'] = rows
     elif a.vs:
         old = checkout(a.vs); rows = {}

@@ -235,8 +235,10 @@ class SynthesisStage(Method):
 
 # %% ../nbs/14_zerodim.ipynb 21
 def train_zerodim(cfg: ZeroDIMConfig, data: LabeledImages, out_dir, device='auto', progress=True, log_every=50, ckpt_every=500,
-                  ckpt_minutes=10.) -> ZeroDIM:
-    "Stage 1, 2 and 3 on `data`, each checkpointed in its folder of `out_dir` (and resumed from there); returns the trained model in eval mode."
+                  ckpt_minutes=10., precision='fp32', stop_after=0) -> ZeroDIM:
+    """Stage 1, 2 and 3 on `data`, each checkpointed in its folder of `out_dir` (and resumed from there); returns the trained
+    model in eval mode. `precision`: the engine's ('fast': bf16 where the hardware has bf16 units). `stop_after`: leave stage 1
+    after that many steps and skip the others (the model zoo's check of a card)."""
     from pathlib import Path
     from disentangle.engine import Engine, EngineConfig
     from disentangle.core import seed_everything
@@ -252,9 +254,11 @@ def train_zerodim(cfg: ZeroDIMConfig, data: LabeledImages, out_dir, device='auto
     for i, stage in enumerate((LatentStage, AmortizationStage, SynthesisStage)):
         meth = stage(model, n)
         ecfg = EngineConfig(steps=meth.steps, out_dir=str(Path(out_dir) / ('latent', 'amortization', 'synthesis')[i]), seed=cfg.seed + i,
-                            device=device, precision='fp32', ema_decay=0., log_every=log_every, ckpt_every=ckpt_every, ckpt_minutes=ckpt_minutes,
+                            device=device, precision=precision, ema_decay=0., log_every=log_every, ckpt_every=ckpt_every, ckpt_minutes=ckpt_minutes,
                             keep=1, progress=progress, name=f"ZeroDIM {('latent', 'amortization', 'synthesis')[i]}")
+        if stop_after: ecfg.stop_after = stop_after
         Engine(meth, batches, ecfg).fit()
+        if stop_after: break
     return model.eval()
 
 # %% ../nbs/14_zerodim.ipynb 24
