@@ -12,7 +12,8 @@ import disentangle
 from .core import Registry, save_tensors, load_tensors
 
 # %% auto 0
-__all__ = ['RECIPES', 'ZOO', 'MAX_BYTES', 'CARD_KEYS', 'Recipe', 'names', 'card', 'add_entry', 'load', 'verify']
+__all__ = ['RECIPES', 'ZOO', 'MAX_BYTES', 'CARD_KEYS', 'Recipe', 'names', 'card', 'add_entry', 'load', 'verify',
+           'add_baseline_entries']
 
 # %% ../nbs/20_zoo.ipynb 5
 @dataclasses.dataclass
@@ -131,3 +132,32 @@ def verify(name, steps=20, rtol=1e-3, zoo=None) -> bool:
                 raise AssertionError(f"zoo entry {name!r}, step {want['step']}: {k} is {got.get(k)} in the replay and {v} on the card "
                                      f"(relative difference {_relative(got.get(k, float('nan')), v):.2e} > {rtol})")
     return True
+
+# %% ../nbs/20_zoo.ipynb 11
+def add_baseline_entries(run, zoo=None, check_n=2000, **facts) -> list[Path]:
+    "A zoo entry for every model trained in the finished baselines run folder `run`; `facts` override the card (e.g. `commit`)."
+    from disentangle.baselines import encoder_fn
+    from disentangle import metrics as M
+    run = Path(run); params = json.loads((run / 'params.json').read_text())
+    metrics = json.loads((run / 'metrics.json').read_text())
+    out = []
+    for w in sorted(run.glob('*-*.safetensors')):
+        data, model_name = w.stem.split('-', 1)
+        if data not in ('dsprites', 'shapes3d', 'synthfaces'): continue          # real photos have no held-out scores to card
+        tensors, meta = load_tensors(w)
+        quantized = params['pool'] > 0 or (bool(params['grid_cache']) and data != 'synthfaces')
+        recipe = dict(config=meta['config'], channels=int(tensors['encoder.conv.0.weight'].shape[1]),
+                      data=dict(name=data, quantized=quantized, **({'factors': params['synthfaces_factors'].split(',')} if data == 'synthfaces' else {})))
+        model = RECIPES[model_name].build(recipe); model.load_state_dict(tensors)
+        truth = _baseline_data(recipe)
+        def check(m):
+            enc = encoder_fn(m)
+            return {'mig': M.compute_mig(truth, enc, num_train=check_n)['discrete_mig'],
+                    'dci': M.compute_dci(truth, enc, num_train=check_n, num_test=check_n // 2)['disentanglement']}
+        prefix = f"{data}.{model_name}."
+        scores = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix) and v is not None}
+        steps = meta['config']['steps']
+        note = f"{steps:,} steps of batch {meta['config']['batch_size']}; disentanglement_lib trains 300,000 (x{steps / 300_000:.2f})"
+        out.append(add_entry(f"{model_name}-{data}", model_name, data, 64, run, f"train/{data}-{model_name}", model, recipe, scores,
+                             check=check, budget_note=note, zoo=zoo, **facts))
+    return out
