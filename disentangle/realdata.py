@@ -285,13 +285,13 @@ def load_image(path, size: int, box: tuple | str = 'center', expect: tuple | Non
     except Exception as e:
         raise data_error(path, f"unreadable image ({type(e).__name__}: {str(e)[:200]})") from None
 
-# %% ../nbs/03_realdata.ipynb 36
+# %% ../nbs/03_realdata.ipynb 37
 MASK_PARTS = CLASSES[1:]          # skin, nose, eye_g, l_eye, r_eye, l_brow, r_brow, l_ear, r_ear, mouth, u_lip, l_lip,
                                   # hair, hat, ear_r, neck_l, neck, cloth: the official painting order, id = position + 1
 MASK_ID = {n: i + 1 for i, n in enumerate(MASK_PARTS)}
 _MASK_FILE = re.compile(r'(\d{5})_([A-Za-z_]+)\.png', re.ASCII)
 
-# %% ../nbs/03_realdata.ipynb 37
+# %% ../nbs/03_realdata.ipynb 38
 def read_mask(path, mask_size: int) -> np.ndarray:
     "One part PNG as a (mask_size, mask_size) array (first channel); DataError if unreadable or of another size."
     try:
@@ -310,7 +310,7 @@ def merge_masks(parts, mask_size: int = 512) -> np.ndarray:
     for cid, path in parts: out[read_mask(path, mask_size) != 0] = cid
     return out
 
-# %% ../nbs/03_realdata.ipynb 41
+# %% ../nbs/03_realdata.ipynb 42
 @dataclasses.dataclass
 class RealConfig:
     root: str                       # the data set's folder, in its official layout
@@ -327,7 +327,7 @@ class RealConfig:
         if self.limit is not None and self.limit < 0: raise ValueError(f"limit must be >= 0 or None, got {self.limit}")
         if self.cache_workers < 0: raise ValueError(f"cache_workers must be >= 0, got {self.cache_workers}")
 
-# %% ../nbs/03_realdata.ipynb 43
+# %% ../nbs/03_realdata.ipynb 44
 CACHE_VERSION = 1
 
 class _Decoded(torch.utils.data.Dataset):   # the cache builder's view: every image decoded, bad ones returned, none raised
@@ -344,7 +344,7 @@ class _Decoded(torch.utils.data.Dataset):   # the cache builder's view: every im
 
 def _collate_one(b): return b
 
-# %% ../nbs/03_realdata.ipynb 44
+# %% ../nbs/03_realdata.ipynb 45
 def _build_cache(ds, folder: Path):
     with atomic_folder(folder) as tmp:
         N, S = len(ds), ds.size
@@ -363,7 +363,7 @@ def _build_cache(ds, folder: Path):
         del image, mask
         (tmp / 'bad.json').write_text(json.dumps(bad))
 
-# %% ../nbs/03_realdata.ipynb 46
+# %% ../nbs/03_realdata.ipynb 47
 class RealLoader(BatchLoader):
     "A `BatchLoader` that brings the items skipped in its workers back to the data set's `.skipped`."
     def __iter__(self):
@@ -372,7 +372,7 @@ class RealLoader(BatchLoader):
             if new: self.source._report(new)
             yield b
 
-# %% ../nbs/03_realdata.ipynb 47
+# %% ../nbs/03_realdata.ipynb 48
 class RealFaces(torch.utils.data.Dataset, metaclass=abc.ABCMeta):
     "Face images and their annotations as SynthFaces-style batch dicts, decoded on demand or served from a uint8 cache."
     name, Config, SPLITS = 'images', RealConfig, ('all',)
@@ -479,7 +479,7 @@ class RealFaces(torch.utils.data.Dataset, metaclass=abc.ABCMeta):
         return (f"{type(self).__name__}({str(self.root)!r}, size={self.size}, split={self.cfg.split!r}): {len(self)} images, "
                 f"keys {keys}{', cached' if self.cache is not None else ''}{f', {len(self.skipped)} skipped' if self.skipped else ''}")
 
-# %% ../nbs/03_realdata.ipynb 49
+# %% ../nbs/03_realdata.ipynb 50
 @dataclasses.dataclass
 class FolderConfig(RealConfig):
     crop: str = 'center'            # 'center' (largest centred square) or 'full' (the whole image, squashed)
@@ -498,7 +498,7 @@ def list_images(root, extensions=IMAGE_EXTENSIONS) -> list:
         out += [(rel / f).as_posix() for f in files if not f.startswith('.') and os.path.splitext(f)[1].lower() in extensions]
     return sorted(out)
 
-# %% ../nbs/03_realdata.ipynb 50
+# %% ../nbs/03_realdata.ipynb 51
 class ImageFolder(RealFaces):
     "Every image below a folder, recursively and in sorted order; batches hold `image` only."
     name, Config = 'image folder', FolderConfig
@@ -510,7 +510,7 @@ class ImageFolder(RealFaces):
     def _index(self): return {'path': np.array(self._files(), dtype=object)}
     def _decode(self, i): return load_image(self.path(i), self.size, self.cfg.crop), None
 
-# %% ../nbs/03_realdata.ipynb 52
+# %% ../nbs/03_realdata.ipynb 53
 @dataclasses.dataclass
 class FFHQConfig(FolderConfig):
     resolution: str = 'auto'        # 'auto', 'images1024x1024' or 'thumbnails128x128' (subfolder of the FFHQ root)
@@ -538,7 +538,7 @@ class FFHQ(ImageFolder):
             if (int(stem) < 60000) == (self.cfg.split == 'train'): keep.append(f)
         return {'path': np.array(keep, dtype=object)}
 
-# %% ../nbs/03_realdata.ipynb 57
+# %% ../nbs/03_realdata.ipynb 58
 CELEBA_ATTRIBUTES = ('5_o_Clock_Shadow', 'Arched_Eyebrows', 'Attractive', 'Bags_Under_Eyes', 'Bald', 'Bangs', 'Big_Lips',
     'Big_Nose', 'Black_Hair', 'Blond_Hair', 'Blurry', 'Brown_Hair', 'Bushy_Eyebrows', 'Chubby', 'Double_Chin', 'Eyeglasses',
     'Goatee', 'Gray_Hair', 'Heavy_Makeup', 'High_Cheekbones', 'Male', 'Mouth_Slightly_Open', 'Mustache', 'Narrow_Eyes',
@@ -548,7 +548,7 @@ CELEBA_ATTRIBUTES = ('5_o_Clock_Shadow', 'Arched_Eyebrows', 'Attractive', 'Bags_
 SPLIT_CODES = {'train': 0, 'valid': 1, 'test': 2}
 CELEBA_SIZE = (178, 218)
 
-# %% ../nbs/03_realdata.ipynb 58
+# %% ../nbs/03_realdata.ipynb 59
 @dataclasses.dataclass
 class CelebAConfig(RealConfig):
     split: str = 'train'
@@ -564,7 +564,7 @@ class CelebAConfig(RealConfig):
         bad = [a for a in self.annotations if a not in ('attributes', 'identity', 'landmarks')]
         if bad: raise ValueError(f"unknown annotation(s) {bad}; valid: ('attributes', 'identity', 'landmarks')")
 
-# %% ../nbs/03_realdata.ipynb 60
+# %% ../nbs/03_realdata.ipynb 61
 def numbered_files(folder, pattern: str, problems: Problems) -> dict:
     "Image number -> file name of the files in `folder` matching `pattern` (group 1 the number); a missing folder is fatal."
     folder = Path(folder)
@@ -585,7 +585,7 @@ def optional_table(path, fmt, problems, required=False) -> Table | None:
         if required and e.reason.startswith('missing'): raise data_error(path, f"{e.reason}: needed for the split") from None
         raise
 
-# %% ../nbs/03_realdata.ipynb 61
+# %% ../nbs/03_realdata.ipynb 62
 def no_row(problems, t: Table, key, item: str, reason: str):
     """Record that image `item` is left out for want of a good row of `t` for `key`, once: the problem of its bad row
     (or of a bad row whose image number could not be read) now names it; otherwise a new entry `reason`."""
@@ -606,14 +606,14 @@ def check_rows(keys, keep, tables, problems, key_fmt, item_fmt=None):
             keep[j] = False
     return keep
 
-# %% ../nbs/03_realdata.ipynb 62
+# %% ../nbs/03_realdata.ipynb 63
 def _present(keys, present, keep, folder, problems, key_fmt, listed):
     for j in np.flatnonzero(keep & ~np.isin(keys, np.fromiter(present, np.int64, len(present)))):
         problems(Path(folder) / key_fmt.format(keys[j]), 0, f"missing image file (named in {listed(keys[j])})", item=key_fmt.format(keys[j]))
         keep[j] = False
     return keep
 
-# %% ../nbs/03_realdata.ipynb 63
+# %% ../nbs/03_realdata.ipynb 64
 class CelebA(RealFaces):
     "CelebA, aligned and cropped: image, landmarks (moved with the crop), identity, 40 attributes; official splits."
     name, Config, SPLITS = 'CelebA', CelebAConfig, ('train', 'valid', 'test', 'all')
@@ -650,7 +650,7 @@ class CelebA(RealFaces):
             if k == 'landmarks': meta[k] = move_points(v.reshape(-1, 5, 2), cfg.crop, self.size).astype(np.float32)
         return meta
 
-# %% ../nbs/03_realdata.ipynb 70
+# %% ../nbs/03_realdata.ipynb 71
 @dataclasses.dataclass
 class CelebAMaskHQConfig(RealConfig):
     celeba_root: str | None = None  # CelebA folder: splits and identities through the mapping file
@@ -667,7 +667,7 @@ class CelebAMaskHQConfig(RealConfig):
         if self.celeba_root is None and ('identity' in self.annotations or self.split != 'all'):
             raise ValueError(f"CelebAMask-HQ has identities and splits only through CelebA: set celeba_root (split={self.split!r}, annotations={self.annotations})")
 
-# %% ../nbs/03_realdata.ipynb 72
+# %% ../nbs/03_realdata.ipynb 73
 def mask_index(folder, problems: Problems) -> tuple:
     "(image number -> bit set of its parts, image number -> the problems of its bad part files) from a CelebAMask-HQ mask folder."
     folder, parts, bad = Path(folder), {}, {}
@@ -685,7 +685,7 @@ def mask_index(folder, problems: Problems) -> tuple:
                 parts[k] = parts.get(k, 0) | (1 << (MASK_ID[part] - 1))
     return parts, bad
 
-# %% ../nbs/03_realdata.ipynb 73
+# %% ../nbs/03_realdata.ipynb 74
 class CelebAMaskHQ(RealFaces):
     "CelebAMask-HQ: image, 19-class mask, 40 attributes; with `celeba_root`, CelebA's identities and splits."
     name, Config, SPLITS = 'CelebAMask-HQ', CelebAMaskHQConfig, ('train', 'valid', 'test', 'all')
@@ -702,7 +702,7 @@ class CelebAMaskHQ(RealFaces):
         m = merge_masks(files, self.cfg.mask_size)
         return im, np.asarray(Image.fromarray(m).resize((self.size, self.size), Image.NEAREST))
 
-# %% ../nbs/03_realdata.ipynb 75
+# %% ../nbs/03_realdata.ipynb 76
 def _hq_tables(self):
     "The tables and mask index CelebAMask-HQ's config asks for (None where not asked for or missing and skipped)."
     cfg, pr, ann = self.cfg, self.problems, self.cfg.annotations
@@ -719,7 +719,7 @@ def _hq_tables(self):
         else: pr(self.root / self.MASKS, 0, "missing mask folder")
     return t
 
-# %% ../nbs/03_realdata.ipynb 76
+# %% ../nbs/03_realdata.ipynb 77
 def _hq_index(self):
     cfg, pr = self.cfg, self.problems
     present = numbered_files(self.root / 'CelebA-HQ-img', r'(\d{1,9})\.jpg', pr)
@@ -762,7 +762,7 @@ def _hq_index(self):
     if t['identity'] is not None: meta['identity'] = t['identity'].values[celeba['identity'][keep], 1].astype(np.int64)
     return meta
 
-# %% ../nbs/03_realdata.ipynb 85
+# %% ../nbs/03_realdata.ipynb 86
 DATASETS = Registry('real data set')
 for _n, _c in (('celeba', CelebA), ('celebamask_hq', CelebAMaskHQ), ('ffhq', FFHQ), ('folder', ImageFolder)): DATASETS.register(_n)(_c)
 
@@ -770,7 +770,7 @@ def open_dataset(name: str, root, **kw) -> RealFaces:
     "The real data set `name` ('celeba', 'celebamask_hq', 'ffhq', 'folder') at `root`; `kw` are its config's fields."
     return DATASETS[name](root, **kw)
 
-# %% ../nbs/03_realdata.ipynb 88
+# %% ../nbs/03_realdata.ipynb 89
 DATA_CHOICES = ('synthfaces', 'celeba', 'celebamask_hq', 'ffhq', 'folder')
 
 class RealSubset(torch.utils.data.Subset):
