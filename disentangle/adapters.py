@@ -60,9 +60,10 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
             raise
     for wrapper in ("state_dict", "model"):   # training checkpoints keep the weights one level down
         if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict): sd = sd[wrapper]
-    if not isinstance(sd, dict): raise ValueError(f"{path}: expected a dict of tensors, found a {type(sd).__name__}")
+    if not isinstance(sd, dict): raise CheckpointError(path, f"expected a dict of tensors, found a {type(sd).__name__}")
     sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}   # drops plain numbers such as OpenAI's 'input_resolution'
-    if sd and all(k.startswith("module.") for k in sd): sd = {k[len("module."):]: v for k, v in sd.items()}
+    if not sd: raise CheckpointError(path, "holds no tensors: not a weights file")
+    if all(isinstance(k, str) and k.startswith("module.") for k in sd): sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
 
 def _names(keys, most=20) -> str:
