@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_checkpoints.ipynb 2
 from __future__ import annotations
-import _compat_pickle, collections, functools, io, pickle, pickletools, re, struct, warnings, zipfile
+import _compat_pickle, collections, functools, io, pickle, pickletools, re, reprlib, struct, warnings, zipfile
 from pathlib import Path
 from typing import Callable
 import torch
@@ -90,7 +90,7 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     if backward_hooks: raise TypeError("a tensor with backward hooks (functions from the file)")
     t = _rebuild_tensor(storage, storage_offset, size, stride)
     if metadata:
-        if not (isinstance(metadata, dict) and all(isinstance(v, bool) for v in metadata.values())): raise TypeError(f"tensor metadata {metadata!r:.80}")
+        if not (isinstance(metadata, dict) and all(isinstance(v, bool) for v in metadata.values())): raise TypeError(f"tensor metadata {reprlib.repr(metadata)}")
         torch._utils.set_tensor_metadata(t, metadata)
     t.requires_grad = bool(requires_grad)
     return t
@@ -228,10 +228,10 @@ def _storage_pid(pid, n):
     if not (isinstance(pid, tuple) and len(pid) == n and pid[0] in ('storage', b'storage')):
         if isinstance(pid, tuple) and pid and pid[0] in ('module', b'module'):
             raise ValueError("a pickled nn.Module (torch.save of a whole model, with its source code): only state dicts are read")
-        raise ValueError(f"persistent id {pid!r:.80} is not a torch.save storage")
+        raise ValueError(f"persistent id {reprlib.repr(pid)} is not a torch.save storage")
     st, key, numel = pid[1], pid[2], pid[4]
     if not isinstance(st, StorageType) or not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
-        raise ValueError(f"storage record {pid!r:.80}: expected (storage type, key, location, element count)")
+        raise ValueError(f"storage record {reprlib.repr(pid)}: expected (storage type, key, location, element count)")
     return st, key, numel
 
 def _read_zip(path, where, allowed):
@@ -264,7 +264,7 @@ def _read_legacy(buf, where, allowed):
     if _unpickle(buf, where, _no_globals) != _MAGIC: raise ValueError("not torch's legacy magic number")
     if _unpickle(buf, where, _no_globals) != _PROTOCOL: raise ValueError("not torch's legacy protocol 1001")
     info = _unpickle(buf, where, _no_globals)
-    if not isinstance(info, dict) or info.get('little_endian') is not True: raise ValueError(f"system info {info!r:.80}: only little-endian files are read")
+    if not isinstance(info, dict) or info.get('little_endian') is not True: raise ValueError(f"system info {reprlib.repr(info)}: only little-endian files are read")
     storages, claimed = {}, [0]
     def persistent(pid):
         st, key, numel = _storage_pid(pid, 6)
@@ -279,7 +279,7 @@ def _read_legacy(buf, where, allowed):
     obj = _unpickle(buf, where, allowed, persistent)
     keys = _unpickle(buf, where, _no_globals)
     if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(storages):
-        raise ValueError(f"the storage list {keys!r:.80} is not the {len(storages)} storages the pickle uses")
+        raise ValueError(f"the storage list {reprlib.repr(keys)} is not the {len(storages)} storages the pickle uses")
     for key in keys:
         u, st = storages[key]
         head = buf.read(8)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_engine.ipynb 2
 from __future__ import annotations
-import abc, atexit, dataclasses, json, math, os, random, time
+import abc, atexit, dataclasses, json, math, os, random, reprlib, time
 from pathlib import Path
 from typing import Callable
 import numpy as np
@@ -254,7 +254,9 @@ class Engine:
             own = self.ema.get(n, [])
             if not isinstance(v, list) or [tuple(x.shape) if isinstance(x, torch.Tensor) else None for x in v] != [tuple(x.shape) for x in own]:
                 raise CheckpointError(path, f"the EMA copy of {n!r} does not fit the module ({len(v) if isinstance(v, list) else type(v).__name__} entries, {len(own)} parameters)")
-        if isinstance(s['step'], bool) or not isinstance(s['step'], int) or s['step'] < 0: raise CheckpointError(path, f"step {s['step']!r} is not a count of steps")
+        if isinstance(s['step'], bool) or not isinstance(s['step'], int) or s['step'] < 0: raise CheckpointError(path, f"step {reprlib.repr(s['step'])} is not a count of steps")
+        if isinstance(s.get('seconds', 0.), bool) or not isinstance(s.get('seconds', 0.), (int, float)):
+            raise CheckpointError(path, f"seconds {reprlib.repr(s['seconds'])} is not a number")
 
     def load(self, path):
         s = load_checkpoint(path); m = self.method
@@ -318,7 +320,8 @@ class Engine:
     def fit(self):
         cfg, m = self.cfg, self.method
         if self.rank == 0:
-            for tmp in self.out.glob('.ckpt-*.tmp'): tmp.unlink()   # left by a crash during a save; the named checkpoints are whole
+            for tmp in [*self.out.glob('.ckpt-*.tmp'), *self.out.glob('.progress.json.*.tmp'), *self.out.glob('.log.jsonl.*.tmp')]:
+                tmp.unlink(missing_ok=True)                      # left by a kill during a write; the named files are whole
         if cfg.resume and self.checkpoints(): self.load(self.checkpoints()[-1])
         else:
             torch.manual_seed(cfg.seed + self.rank); np.random.seed(cfg.seed + self.rank); random.seed(cfg.seed + self.rank)

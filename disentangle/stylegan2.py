@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_stylegan2.ipynb 2
 from __future__ import annotations
-import dataclasses, functools, io, math, pickle
+import dataclasses, functools, io, math, pickle, reprlib
 from pathlib import Path
 import numpy as np
 import torch
@@ -417,7 +417,7 @@ def _load_ours(path):
     tensors, meta = load_tensors(path)
     if meta.get('format') != 'disentangle.stylegan2': raise CheckpointError(path, f"not a disentangle StyleGAN2 file (metadata format {meta.get('format')!r})")
     try: cfg = StyleGAN2Config(**meta['config'])
-    except (KeyError, TypeError, ValueError) as e: raise CheckpointError(path, f"its config {meta.get('config')!r:.200} is not a StyleGAN2Config ({e})") from None
+    except (KeyError, TypeError, ValueError) as e: raise CheckpointError(path, f"its config {reprlib.repr(meta.get('config'))} is not a StyleGAN2Config ({e})") from None
     return build_checked(lambda: Generator(cfg), tensors, str(path))          # the config is checked against the tensors first
 
 # %% ../nbs/06_stylegan2.ipynb 39
