@@ -11,8 +11,8 @@ import torch
 from .core import CheckpointError, file_kind
 
 # %% auto 0
-__all__ = ['TORCHSCRIPT', 'FROM_BYTES', 'is_torchscript', 'open_torch_zip', 'StorageType', 'canonical', 'tensor_globals',
-           'storage_globals', 'scan_pickle', 'read_pickled']
+__all__ = ['TORCHSCRIPT', 'FROM_BYTES', 'MAX_DEPTH', 'is_torchscript', 'open_torch_zip', 'StorageType', 'canonical',
+           'tensor_globals', 'storage_globals', 'scan_pickle', 'read_pickled']
 
 # %% ../nbs/04_checkpoints.ipynb 5
 TORCHSCRIPT = ("a TorchScript archive: reading it means running the code it holds (torch.jit.load), which this "
@@ -294,21 +294,24 @@ def _storage_from_bytes(b, where):
     if not isinstance(s, torch.storage.TypedStorage): raise TypeError(f"_load_from_bytes gave a {type(s).__name__}, not a storage")
     return s
 
+MAX_DEPTH = 1000     # containers nested deeper than Python's recursion limit: no checkpoint does, and recursive code would fail on them
+
 def _check_tensors(obj, where):
-    "No tensor anywhere in `obj` views more bytes than its storage holds (a pickle can re-set a tensor with BUILD)."
-    seen, todo = set(), [obj]
+    "No tensor anywhere in `obj` views more bytes than its storage holds (a pickle can re-set a tensor with BUILD); no nesting beyond MAX_DEPTH."
+    seen, todo = set(), [(obj, 0)]
     while todo:
-        o = todo.pop()
+        o, depth = todo.pop()
         if id(o) in seen or isinstance(o, (str, bytes, int, float, type(None))): continue
         seen.add(id(o))
+        if depth > MAX_DEPTH: raise CheckpointError(where, f"containers nested more than {MAX_DEPTH} deep: no checkpoint is", 'content')
         if isinstance(o, torch.Tensor):
             try: _check_view(o)
             except ValueError as e: raise CheckpointError(where, str(e), 'size') from None
             continue
-        if isinstance(o, dict): todo.extend(o.keys()); todo.extend(o.values())
-        elif isinstance(o, (list, tuple, set, frozenset)): todo.extend(o)
+        if isinstance(o, dict): todo.extend((x, depth + 1) for x in (*o.keys(), *o.values()))
+        elif isinstance(o, (list, tuple, set, frozenset)): todo.extend((x, depth + 1) for x in o)
         d = getattr(o, '__dict__', None)
-        if isinstance(d, dict) and not isinstance(o, type): todo.append(d)
+        if isinstance(d, dict) and not isinstance(o, type): todo.append((d, depth + 1))
 
 def read_pickled(path, allowed: Callable = tensor_globals, where: str | None = None):
     """The object in the torch.save file (zip or legacy) or pickle at `path`, read without running anything from it:

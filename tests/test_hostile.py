@@ -80,8 +80,12 @@ def nested(depth: int, kind: str = "list") -> bytes:
     if kind == "list": return b"\x80\x04" + b"]" * depth + b"a" * (depth - 1) + b"."
     if kind == "tuple": return b"\x80\x04" + b")" + b"\x85" * depth + b"."
     if kind == "dict": return b"\x80\x04" + b"}\x8c\x01k" * depth + b"N" + b"s" * depth + b"."
-    if kind == "self": return b"\x80\x04]\x94h\x00a."                  # a list that holds itself (memo)
     raise KeyError(kind)
+
+CYCLES = [b"\x80\x04]\x94h\x00a.",                                    # a list that holds itself (through the memo)
+          b"\x80\x04}\x94\x8c\x01k\x94h\x00s.",                           # a dict that holds itself
+          b"\x80\x04}\x94\x8c\x05g_ema\x94]\x94h\x00as.",                  # {'g_ema': [itself]}
+          b"\x80\x04]\x94]\x94h\x00ah\x01a."]                              # two lists that hold each other
 
 
 class SetStateModule(nn.Module):
@@ -367,7 +371,7 @@ DANGEROUS = [("posix", "system"), ("os", "system"), ("subprocess", "Popen"), ("s
 
 
 def make_hostile_files(folder: Path, marker: Path, evil_py: Path, n_min=1000, seed=0) -> dict:
-    "Write the fuzz's files into `folder`; returns {file name: family}: random, truncated, global, torchscript, nested, bomb, model bomb."
+    "Write the fuzz's files into `folder`; returns {file name: family}: random, truncated, global, torchscript, nested, cyclic, bomb, model bomb."
     from disentangle.stylegan2 import export_rosinality, save_generator, write_nvidia_layout
     g = np.random.default_rng(seed)
     fam, k = {}, [0]
@@ -389,7 +393,7 @@ def make_hostile_files(folder: Path, marker: Path, evil_py: Path, n_min=1000, se
     except ImportError: pass
     magics = [b"", b"PK\x03\x04", b"\x80\x02", b"\x80\x04", b"\x80\x05", pickle.dumps(0x1950a86a20f9469cfc6c, protocol=2),
               struct.pack("<Q", 64) + b"{", struct.pack("<Q", 1 << 40) + b"{", b"\x08\x07\x12"]
-    for i in range(220):                                                          # random bytes behind every magic
+    for i in range(250):                                                          # random bytes behind every magic
         put(magics[i % len(magics)] + g.bytes(int(g.integers(0, 4000))), "random")
     names = sorted(base)
     for i in range(260):                                                          # truncated archives and files
@@ -409,10 +413,11 @@ def make_hostile_files(folder: Path, marker: Path, evil_py: Path, n_min=1000, se
     ts = torchscript_file(folder.parent / "ts.pt").read_bytes()
     for i in range(30):                                                           # TorchScript archives, whole and renamed
         put(ts if i % 3 else ts.replace(b"ts/", b"xx/"), "torchscript", ".pt" if i % 2 else ".pkl")
-    for i in range(110):                                                          # nested and self-referencing containers
-        kind = ["list", "tuple", "dict", "self"][i % 4]                          # 2 to 20,000 deep (the recursion limit is 1,000)
-        data = nested(int(np.exp(g.uniform(np.log(2), np.log(20_000)))), kind) if kind != "self" else nested(0, "self")
-        put([data, torch_zip(data), legacy(data)][i % 3], "nested")
+    for i in range(60):                                                           # containers nested 1,001 to 5,000 deep
+        data = nested(int(np.exp(g.uniform(np.log(1001), np.log(5000)))), ["list", "tuple", "dict"][i % 3])
+        put([data, torch_zip(data), legacy(data)][(i // 3) % 3], "nested")
+    for i in range(24):                                                           # containers that hold themselves
+        put([CYCLES[i % 4], torch_zip(CYCLES[i % 4]), legacy(CYCLES[i % 4])][(i // 4) % 3], "cyclic")
     bombs = [b"\x80\x04\x8e" + struct.pack("<Q", 1 << 33) + b"x" * 40,               # BINBYTES8: 8 GB declared
              b"\x80\x04\x8d" + struct.pack("<Q", 1 << 33) + b"x" * 40,               # BINUNICODE8
              b"\x80\x05\x96" + struct.pack("<Q", 1 << 33) + b"x" * 40,               # BYTEARRAY8
@@ -497,7 +502,7 @@ def fuzz_worker(folder: Path, families: dict) -> dict:
                 continue
             except Exception as e:
                 problems.append(f"{name} ({family}) {lname}: {type(e).__name__}: {str(e)[:200]}"); continue
-            if (lname in GENERIC and family == "nested") or (lname in READERS and family == "model bomb"):
+            if (lname in GENERIC and family == "cyclic") or (lname in READERS and family == "model bomb"):
                 foreign = _inert(obj)                                               # plain data may be read, and only that
                 if foreign: problems.append(f"{name} ({family}) {lname}: read a {foreign}")
                 continue
