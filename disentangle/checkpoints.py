@@ -123,15 +123,14 @@ def canonical(module: str, name: str) -> tuple[str, str]:
 def tensor_globals(module: str, name: str):
     "The allow-list of files of tensors in plain containers: what the global `module.name` stands for, or None (refused)."
     module, name = canonical(module, name)
-    if module == 'torch':
-        if name in _DTYPES: return _DTYPES[name]
-        if _storage_type(name) is not None: return _storage_type(name)
+    if module == 'torch' and name in _DTYPES: return _DTYPES[name]
+    if module in ('torch', 'torch.storage') and _storage_type(name) is not None: return _storage_type(name)   # newer dtypes: torch.storage.UntypedStorage
     return _TENSOR_GLOBALS.get((module, name))
 
 def storage_globals(module: str, name: str):
     "The allow-list of a storage torch.save'd on its own: storage types only."
     module, name = canonical(module, name)
-    return _storage_type(name) if module == 'torch' else None
+    return _storage_type(name) if module in ('torch', 'torch.storage') else None
 
 # %% ../nbs/04_checkpoints.ipynb 11
 _MARK = object()
