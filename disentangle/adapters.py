@@ -4,20 +4,22 @@
 
 # %% ../nbs/10_adapters.ipynb 2
 from __future__ import annotations
-import math, zipfile
+import math
 from collections import OrderedDict
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .core import CheckpointError, file_kind, load_tensors, sniff
+from .checkpoints import read_pickled
 
 # %% auto 0
-__all__ = ['CLIP_MEAN', 'CLIP_STD', 'check_images', 'fit_to', 'read_state_dict', 'check_state_dict', 'ConvBN',
-           'ResidualInception', 'Reduction', 'InceptionResnetV1', 'load_facenet', 'arcface_normalisation',
-           'ArcFaceONNX', 'QuickGELU', 'SelfAttention', 'ResidualBlock', 'Transformer', 'CLIPVisual',
-           'clip_visual_config', 'load_clip_visual', 'bytes_to_unicode', 'CLIPTokenizer', 'CLIPText', 'load_clip_text',
-           'clip_text_encoder']
+__all__ = ['CLIP_MEAN', 'CLIP_STD', 'check_images', 'fit_to', 'read_state_dict', 'build_from_state_dict', 'check_state_dict',
+           'ConvBN', 'ResidualInception', 'Reduction', 'InceptionResnetV1', 'load_facenet', 'check_onnx',
+           'arcface_normalisation', 'ArcFaceONNX', 'QuickGELU', 'SelfAttention', 'ResidualBlock', 'Transformer',
+           'CLIPVisual', 'clip_visual_config', 'load_clip_visual', 'bytes_to_unicode', 'CLIPTokenizer', 'CLIPText',
+           'load_clip_text', 'clip_text_encoder']
 
 # %% ../nbs/10_adapters.ipynb 5
 def check_images(x, where: str = "images") -> torch.Tensor:
@@ -40,41 +42,40 @@ def fit_to(x: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
     return x[..., top:top + size, left:left + size]
 
 # %% ../nbs/10_adapters.ipynb 8
-_TORCHSCRIPT_HELP = ("{path} is a TorchScript archive (the format OpenAI's `clip` package downloads): reading it "
+_TORCHSCRIPT_HELP = ("a TorchScript archive (the format OpenAI's `clip` package downloads): reading it "
     "means running the code inside it, which this workspace never does. Convert it once, where you trust the file: "
     "python -c \"import torch; torch.save(torch.jit.load('{path}', map_location='cpu').state_dict(), 'clip_state_dict.pt')\" "
     "and load the .pt it writes; or download open_clip's state-dict files instead (e.g. the Hugging Face repository "
     "timm/vit_base_patch32_clip_224.openai, file open_clip_model.safetensors).")
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path): return False
-    with zipfile.ZipFile(path) as z: names = z.namelist()
-    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
-
 def read_state_dict(path) -> dict[str, torch.Tensor]:
     "Read {name: tensor} from a `.safetensors` file or a `torch.save`d state dict, never executing code from the file."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"no such weights file: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        try: sd = load_file(str(path))
-        except Exception as e: raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+    if file_kind(path) == "safetensors": sd = load_tensors(path)[0]
     else:
-        if _is_torchscript(path): raise ValueError(_TORCHSCRIPT_HELP.format(path=path))
-        try: sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{path}: torch.load(weights_only=True) could not read it ({type(e).__name__}: {str(e)[:400]}). "
-                             "Only files of tensors in plain dicts are read; pickled objects are refused") from e
+        try: sd = read_pickled(path)
+        except CheckpointError as e:
+            if e.reason == "torchscript": raise CheckpointError(path, _TORCHSCRIPT_HELP.format(path=path), e.reason) from None
+            raise
     for wrapper in ("state_dict", "model"):   # training checkpoints keep the weights one level down
         if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict): sd = sd[wrapper]
-    if not isinstance(sd, dict): raise ValueError(f"{path}: expected a dict of tensors, found a {type(sd).__name__}")
+    if not isinstance(sd, dict): raise CheckpointError(path, f"expected a dict of tensors, found a {type(sd).__name__}")
     sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}   # drops plain numbers such as OpenAI's 'input_resolution'
-    if sd and all(k.startswith("module.") for k in sd): sd = {k[len("module."):]: v for k, v in sd.items()}
+    if not sd: raise CheckpointError(path, "holds no tensors: not a weights file")
+    if all(isinstance(k, str) and k.startswith("module.") for k in sd): sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
 
 def _names(keys, most=20) -> str:
     keys = list(keys)
     return ", ".join(keys[:most]) + (f", ... and {len(keys) - most} more" if len(keys) > most else "")
+
+def build_from_state_dict(make, sd: dict, where: str) -> nn.Module:
+    "`make()` loaded with `sd`, checked first on the meta device: a file cannot make us build a model larger than it holds."
+    with torch.device("meta"): check_state_dict(make(), sd, where)
+    model = make()
+    model.load_state_dict(check_state_dict(model, sd, where), strict=True)
+    return model
 
 def check_state_dict(model: nn.Module, sd: dict, where: str, optional=("num_batches_tracked",)) -> dict:
     "Compare `sd` with `model.state_dict()`; raise one ValueError naming every missing, unexpected and mis-shaped key."
@@ -188,11 +189,24 @@ def load_facenet(path,                  # facenet-pytorch state dict, e.g. 20180
     sd = read_state_dict(path)
     if keep_logits and "logits.weight" not in sd: raise ValueError(f"{path}: keep_logits=True, but the file has no logits.weight")
     if not keep_logits: sd = {k: v for k, v in sd.items() if not k.startswith("logits.")}
-    model = InceptionResnetV1(num_classes=sd["logits.weight"].shape[0] if keep_logits else None)
-    model.load_state_dict(check_state_dict(model, sd, str(path)), strict=True)
-    return model.to(device).eval()
+    n = sd["logits.weight"].shape[0] if keep_logits else None
+    return build_from_state_dict(lambda: InceptionResnetV1(num_classes=n), sd, str(path)).to(device).eval()
 
 # %% ../nbs/10_adapters.ipynb 21
+def check_onnx(path) -> Path:
+    "`path` if it can be an ONNX model to run; a CheckpointError naming it for another weights kind, a file onnx cannot parse, or external data."
+    path = Path(path)
+    kind = sniff(path)                                        # a missing or empty file is an error here
+    if kind is not None: raise CheckpointError(path, f"a {kind} file, not an ONNX model", "format")
+    try: import onnx
+    except ImportError: return path                           # onnxruntime's own parser checks it then
+    try: m = onnx.load(str(path), load_external_data=False)
+    except Exception as e: raise CheckpointError(path, f"not a readable ONNX model ({type(e).__name__}: {str(e)[:200]})", "damaged") from None
+    if not m.graph.node: raise CheckpointError(path, "an ONNX file whose graph has no nodes: not a model", "content")
+    ext = [t.name for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if ext: raise CheckpointError(path, f"its weights {ext[:3]} are in external data files, which are never read (they could name any file)", "content")
+    return path
+
 def arcface_normalisation(path) -> tuple[float, float]:
     "insightface's rule for an ArcFace ONNX file: (0, 1) if its graph normalises inside (Sub and Mul among the first 8 nodes), else (127.5, 127.5)."
     try: import onnx
@@ -200,7 +214,7 @@ def arcface_normalisation(path) -> tuple[float, float]:
         raise ImportError("reading an ArcFace model's input normalisation needs the onnx package: pip install onnx; "
                           "or pass input_mean=127.5, input_std=127.5 (insightface's own models, e.g. w600k_r50) or "
                           "input_mean=0, input_std=1 (MXNet exports that normalise inside the graph)") from e
-    nodes = onnx.load(str(path), load_external_data=False).graph.node[:8]
+    nodes = onnx.load(str(check_onnx(path)), load_external_data=False).graph.node[:8]
     sub = any(n.name.startswith(("Sub", "_minus")) for n in nodes)
     mul = any(n.name.startswith(("Mul", "_mul")) for n in nodes)
     return (0.0, 1.0) if sub and mul else (127.5, 127.5)
@@ -219,11 +233,14 @@ class ArcFaceONNX(nn.Module):
                               "(or onnxruntime-gpu for CUDA)") from e
         path = Path(path)
         if not path.is_file(): raise FileNotFoundError(f"no such ONNX model: {path}")
-        if input_mean is None or input_std is None: input_mean, input_std = arcface_normalisation(path)
+        if input_mean is None or input_std is None: input_mean, input_std = arcface_normalisation(path)   # checks the file too
+        else: check_onnx(path)
         self.input_mean, self.input_std = float(input_mean), float(input_std)
         available = ort.get_available_providers()
         providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.session = ort.InferenceSession(str(path), providers=providers)
+        try: self.session = ort.InferenceSession(str(path), providers=providers, disabled_optimizers=["ConstantFolding"])
+        except Exception as e:        # folding constants at load time could allocate whatever the graph computes
+            raise CheckpointError(path, f"onnxruntime cannot load it ({type(e).__name__}: {str(e)[:300]})", "damaged") from None
         ins, outs = self.session.get_inputs(), self.session.get_outputs()
         if len(ins) != 1 or len(outs) != 1:
             raise ValueError(f"{path}: a recognition model has one input and one output, this one has inputs "
@@ -360,9 +377,8 @@ def load_clip_visual(path,              # OpenAI/open_clip state dict: .pt, .bin
         raise ValueError(f"{path}: this is a Hugging Face transformers CLIPModel file (vision_model.*), whose names differ; "
                          "use the OpenAI or open_clip state dict (e.g. open_clip_model.safetensors)")
     sd = {k: v.float() for k, v in sd.items()}                              # OpenAI's files are partly float16
-    model = CLIPVisual(**clip_visual_config(sd, str(path)), head_width=head_width, quick_gelu=quick_gelu)
-    model.load_state_dict(check_state_dict(model, sd, str(path)), strict=True)
-    return model.to(device).eval()
+    cfg = clip_visual_config(sd, str(path))
+    return build_from_state_dict(lambda: CLIPVisual(**cfg, head_width=head_width, quick_gelu=quick_gelu), sd, str(path)).to(device).eval()
 
 # %% ../nbs/10_adapters.ipynb 36
 import gzip, html, functools
@@ -462,9 +478,8 @@ def load_clip_text(path,              # OpenAI/open_clip full CLIP state dict: .
     if lost: raise ValueError(f"{path}: no CLIP text tower: missing {lost}; its keys begin {_names(sd, 8)}")
     vocab, width = sd["token_embedding.weight"].shape
     layers = len([k for k in sd if k.startswith("transformer.resblocks.") and k.endswith(".attn.in_proj_weight")])
-    model = CLIPText(vocab, sd["positional_embedding"].shape[0], width, layers, sd["text_projection"].shape[1], head_width, quick_gelu)
-    model.load_state_dict(check_state_dict(model, sd, str(path)), strict=True)
-    return model.to(device).eval()
+    args = (vocab, sd["positional_embedding"].shape[0], width, layers, sd["text_projection"].shape[1], head_width, quick_gelu)
+    return build_from_state_dict(lambda: CLIPText(*args), sd, str(path)).to(device).eval()
 
 def clip_text_encoder(model: CLIPText, tokenizer: CLIPTokenizer):
     "A callable list[str] -> (len, output_dim) unit text features, for `zerodim.ZeroShotAnnotator`."

@@ -4,14 +4,14 @@
 
 # %% ../nbs/30_cli.ipynb 2
 from __future__ import annotations
-import argparse, ast, datetime, importlib.resources, json, logging, os, re, sys
+import argparse, ast, datetime, importlib.resources, json, logging, math, os, re, sys
 from pathlib import Path
 import nbformat
 import disentangle
 
 # %% auto 0
-__all__ = ['ENV_VAR', 'UsageError', 'experiments_dir', 'experiment_info', 'list_experiments', 'format_experiments',
-           'make_notebook', 'coerce_param', 'resolve_params', 'new_run_dir', 'RunFailed', 'write_report',
+__all__ = ['ENV_VAR', 'UsageError', 'experiments_dir', 'experiment_info', 'list_experiments', 'format_experiments', 'parse_rule',
+           'check_value', 'make_notebook', 'coerce_param', 'resolve_params', 'new_run_dir', 'RunFailed', 'write_report',
            'check_metrics', 'run_experiment', 'run_status', 'format_status', 'keep_run', 'main']
 
 # %% ../nbs/30_cli.ipynb 5
@@ -73,7 +73,9 @@ def experiment_info(path: str | os.PathLike) -> dict:
         ok, default = _literal(p["default"])
         typ = p["inferred_type_name"]
         if typ == "None": typ = ("None" if default is None else type(default).__name__) if ok else "any"
-        params[p["name"]] = dict(type=typ, default=default, default_src=p["default"], help=p["help"])
+        try: rule = parse_rule(p["help"])
+        except ValueError as e: raise UsageError(f"{path}: parameter {p['name']!r}: {e}") from None
+        params[p["name"]] = dict(type=typ, default=default, default_src=p["default"], help=p["help"], rule=rule)
     return dict(path=path, description=_describe(nb), parameters=params)
 
 def list_experiments(experiments: str | os.PathLike | None = None) -> dict[str, dict]:
@@ -92,8 +94,66 @@ def format_experiments(exps: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 # %% ../nbs/30_cli.ipynb 10
+_RULE_AT_END = re.compile(r"\[([^\[\]]+)\]\s*$")
+_CMP = re.compile(r"(>|<)\s*(\S+)")
+_RANGE = re.compile(r"([^.\s]*)\s*\.\.\s*([^.\s]*)")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+def _number(s: str, text: str):
+    try: v = int(s) if re.fullmatch(r"[+-]?\d+", s) else float(s)
+    except ValueError: raise ValueError(f"rule [{text}]: {s!r} is not a number") from None
+    if not math.isfinite(v): raise ValueError(f"rule [{text}]: {s!r} is not a finite number")
+    return v
+
+def _words(s: str) -> list:
+    return [_literal(w.strip())[1] if w.strip()[:1] in ('"', "'") else w.strip() for w in s.split(",")]
+
+def _clause(c: str, text: str) -> tuple:
+    if c == "power of two": return ("pow2",)
+    if c.startswith("multiple of "): return ("mult", _number(c[len("multiple of "):].strip(), text))
+    m = _CMP.fullmatch(c)
+    if m: return ("cmp", m.group(1), _number(m.group(2), text))
+    m = _RANGE.fullmatch(c)
+    if m: return ("range", *(None if s == "" else _number(s, text) for s in m.groups()))
+    if c[:1] in ('"', "'"): return ("is", _literal(c)[1])
+    return ("is", _number(c, text))
+
+def parse_rule(help_text: str) -> dict | None:
+    """The valid values a parameter's comment declares in a trailing `[...]`: {'text', 'alternatives'}, each
+    alternative a list of clauses that must all hold; None when the comment declares none."""
+    m = _RULE_AT_END.search(help_text or "")
+    if not m: return None
+    text, alts = m.group(1).strip(), []
+    for a in re.split(r"\s+or\s+", text):
+        a = a.strip()
+        if a.startswith("one of "): alts.append([("in", _words(a[len("one of "):]))])
+        elif a.startswith("each of "): alts.append([("each", _words(a[len("each of "):]))])
+        elif a == "device": alts.append([("device",)])
+        else: alts.append([_clause(c.strip(), text) for c in a.split(",")])
+    return dict(text=text, alternatives=alts)
+
+def _holds(c: tuple, v) -> bool:
+    number = isinstance(v, (int, float)) and not isinstance(v, bool)
+    kind = c[0]
+    if kind == "in": return v in c[1] and not (isinstance(v, bool) and not any(x is v for x in c[1]))
+    if kind == "each": return isinstance(v, str) and all(p.strip() in c[1] for p in v.split(",")) and bool(v.strip())
+    if kind == "device": return isinstance(v, str) and bool(_DEVICE.fullmatch(v))
+    if kind == "is": return v == c[1] and type(v) is not bool
+    if not number: return False
+    if kind == "pow2": return v == int(v) and v > 0 and int(v) & (int(v) - 1) == 0
+    if kind == "mult": return v == int(v) and int(v) % c[1] == 0
+    if kind == "cmp": return v > c[2] if c[1] == ">" else v < c[2]
+    lo, hi = c[1], c[2]
+    return (lo is None or v >= lo) and (hi is None or v <= hi)
+
+def check_value(value, rule: dict | None) -> bool:
+    "Whether `value` is finite (if a number) and one the parameter's `rule` (from `parse_rule`) takes."
+    if isinstance(value, float) and not math.isfinite(value): return False
+    return rule is None or any(all(_holds(c, value) for c in alt) for alt in rule["alternatives"])
+
+# %% ../nbs/30_cli.ipynb 13
 _TOY = [("markdown", "# Toy: fits a line by gradient descent"),
-        ("parameters", 'steps = 20  # optimisation steps\nlr = 0.1  # learning rate\nlabel = "demo"\nnoisy = False'),
+        ("parameters", 'steps = 20  # optimisation steps [1..]\nlr = 0.1  # learning rate [> 0]\nlabel = "demo"\nnoisy = False'),
         ("code", "import matplotlib.pyplot as plt\nfrom disentangle.core import save_metrics\n"
                  "w, losses = 0.0, []\nfor _ in range(steps):\n    w -= lr * 2 * (w - 3.0)\n    losses.append((w - 3.0) ** 2)\n"
                  "print(f'{label}: w={w:.4f}')\nplt.plot(losses); plt.title(label); plt.savefig('loss.png'); plt.show()\n"
@@ -114,7 +174,7 @@ def make_notebook(cells: list[tuple[str, str]], path: str | os.PathLike) -> Path
     nbformat.write(nb, path)
     return path
 
-# %% ../nbs/30_cli.ipynb 13
+# %% ../nbs/30_cli.ipynb 16
 _BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 def _base(typ: str) -> tuple[str, bool]:
@@ -157,7 +217,7 @@ def coerce_param(value, typ: str):
     except (ValueError, TypeError, KeyError, SyntaxError, MemoryError, RecursionError):
         raise ValueError(f"expected {typ}, got {value!r}") from None
 
-# %% ../nbs/30_cli.ipynb 16
+# %% ../nbs/30_cli.ipynb 19
 def _valid(info: dict) -> str:
     ps = info["parameters"]
     return ", ".join(f"{k} ({p['type']} = {p['default_src']})" for k, p in ps.items()) or "(none)"
@@ -174,9 +234,13 @@ def resolve_params(name: str, info: dict, params: dict | None) -> tuple[dict, di
         try: over[k] = coerce_param(v, spec[k]["type"])
         except ValueError as e:
             raise UsageError(f"experiment {name!r}: parameter {k!r} {e}; valid parameters: {_valid(info)}") from None
+        rule = spec[k].get("rule")
+        if not check_value(over[k], rule):
+            takes = f"[{rule['text']}]" if rule else "a finite number"
+            raise UsageError(f"experiment {name!r}: parameter {k!r} must be {takes}, got {over[k]!r}")
     return over, {**{k: p["default"] for k, p in spec.items()}, **over}
 
-# %% ../nbs/30_cli.ipynb 19
+# %% ../nbs/30_cli.ipynb 22
 def _now() -> datetime.datetime: return datetime.datetime.now()
 
 def new_run_dir(out: str | os.PathLike, name: str, when: datetime.datetime | None = None) -> Path:
@@ -189,7 +253,7 @@ def new_run_dir(out: str | os.PathLike, name: str, when: datetime.datetime | Non
         except FileExistsError: continue
     raise FileExistsError(f"{out}: could not find a free run folder name for {base}")
 
-# %% ../nbs/30_cli.ipynb 22
+# %% ../nbs/30_cli.ipynb 25
 class RunFailed(RuntimeError):
     "An experiment ran but failed; `run_dir` holds what it left behind."
     def __init__(self, msg: str, run_dir: Path): super().__init__(msg); self.run_dir = run_dir
@@ -229,7 +293,7 @@ def _cell_failure(e) -> str:
     cell = f"cell In [{e.exec_count}] (index {e.cell_index}){first}" if hasattr(e, "cell_index") else "a cell"
     return f"{cell} raised {e.ename}: {e.evalue}"
 
-# %% ../nbs/30_cli.ipynb 23
+# %% ../nbs/30_cli.ipynb 26
 def _command(name: str, over: dict) -> str:
     "The `disentangle run` line that makes this run: every overridden parameter, in the notebook's order."
     import shlex
@@ -318,7 +382,10 @@ def run_experiment(name: str, params: dict | None = None, out: str | os.PathLike
         state = _write_state(run, state="running", pid=os.getpid(), resumed=time.time(), resumed_with=_provenance(),
                              resumes=json.loads((run/"run.json").read_text()).get("resumes", 0) + 1 if (run/"run.json").is_file() else 1)
     else:
-        run = new_run_dir(out, name)
+        try: run = new_run_dir(out, name)
+        except OSError as e:                  # under a file, a file itself, not writable: one line, no traceback
+            raise UsageError(f"--out {out}: cannot make a run folder there ({e.strerror or type(e).__name__}"
+                             f"{f': {e.filename}' if e.filename else ''})") from None
         (run/"params.json").write_text(json.dumps(resolved, indent=1, default=str))
         _write_state(run, experiment=name, state="running", pid=os.getpid(), started=time.time(), command=_command(name, over),
                      params=resolved, **_provenance())
@@ -350,7 +417,7 @@ def run_experiment(name: str, params: dict | None = None, out: str | os.PathLike
     _write_state(run, state="finished", ended=time.time())
     return run
 
-# %% ../nbs/30_cli.ipynb 30
+# %% ../nbs/30_cli.ipynb 33
 def _duration(s) -> str:
     if s is None or s != s: return "?"
     s = int(round(s)); h, m = divmod(s // 60, 60)
@@ -395,7 +462,7 @@ def format_status(s: dict) -> str:
                      + (f"; {losses}" if losses else ""))
     return "\n".join(lines)
 
-# %% ../nbs/30_cli.ipynb 37
+# %% ../nbs/30_cli.ipynb 40
 def keep_run(run: str | os.PathLike, name: str, results: str | os.PathLike | None = None, max_bytes: int = 400_000) -> Path:
     "Copy a finished run's small results (parameters, metrics, run state, trainings' progress, figures) to `results/<experiment>/<name>/`."
     import shutil
@@ -411,7 +478,7 @@ def keep_run(run: str | os.PathLike, name: str, results: str | os.PathLike | Non
         if p.stat().st_size <= max_bytes: shutil.copy2(p, dest / p.name)
     return dest
 
-# %% ../nbs/30_cli.ipynb 40
+# %% ../nbs/30_cli.ipynb 43
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="disentangle", description="List and run the experiment notebooks.")
     p.add_argument("--experiments", metavar="DIR", help=f"folder of experiment notebooks (default: ${ENV_VAR}, "
@@ -454,6 +521,6 @@ def main(argv: list[str] | None = None) -> int:
     print(run)
     return 0
 
-# %% ../nbs/30_cli.ipynb 41
+# %% ../nbs/30_cli.ipynb 44
 if __name__ == "__main__" and getattr(globals().get("__spec__"), "name", None) == "disentangle.cli":
     sys.exit(main())  # `python -m disentangle.cli ...`; never fires inside a notebook

@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import contextlib, dataclasses, json, math, os, random, shutil, tempfile, typing
+import contextlib, dataclasses, json, math, os, pickle, random, shutil, tempfile, typing
 from pathlib import Path
 import numpy as np
 import torch
 
 # %% auto 0
-__all__ = ['seed_everything', 'get_device', 'from_dict', 'atomic_write', 'atomic_folder', 'save_tensors', 'load_tensors',
-           'Registry', 'save_metrics', 'once', 'collate_batched', 'BatchLoader', 'argmax_channels']
+__all__ = ['KINDS', 'seed_everything', 'get_device', 'from_dict', 'atomic_write', 'atomic_folder', 'save_tensors',
+           'CheckpointError', 'sniff', 'file_kind', 'load_tensors', 'Registry', 'save_metrics', 'once',
+           'collate_batched', 'BatchLoader', 'argmax_channels']
 
 # %% ../nbs/00_core.ipynb 5
 def seed_everything(seed: int) -> torch.Generator:
@@ -104,17 +105,56 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     return atomic_write(path, lambda tmp: save_file(data, tmp, metadata=meta))
 
+class CheckpointError(pickle.UnpicklingError, ValueError):
+    "A weights file refused before anything in it ran. `path` names it; `reason`: format, damaged, torchscript, global, size or content."
+    def __init__(self, path, message, reason='content'):
+        super().__init__(f"{path}: {message}")
+        self.path, self.message, self.reason = str(path), message, reason
+    def __reduce__(self): return type(self), (self.path, self.message, self.reason)
+
+KINDS = ('safetensors', 'torch zip', 'torch legacy', 'pickle')
+_LEGACY_MAGIC = pickle.dumps(0x1950a86a20f9469cfc6c, protocol=2)     # the first record of torch's pre-1.6 format
+
+def sniff(path: str | os.PathLike) -> str | None:
+    "The kind (one of `KINDS`) the first bytes of `path` announce, or None; a missing or empty file is an error."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"no such weights file: {path}")
+    size = path.stat().st_size
+    if size == 0: raise CheckpointError(path, "empty file (0 bytes)", 'format')
+    with open(path, 'rb') as f: head = f.read(16)
+    if head[:4] == b'PK\x03\x04': return 'torch zip'
+    if head.startswith(_LEGACY_MAGIC): return 'torch legacy'
+    if head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05'): return 'pickle'
+    if head[8:9] == b'{':
+        n = int.from_bytes(head[:8], 'little')
+        if n + 8 > size: raise CheckpointError(path, f"a truncated safetensors file: its header says {n} bytes, the file has {size}", 'damaged')
+        return 'safetensors'
+    return None
+
+def file_kind(path: str | os.PathLike) -> str:
+    "Which of `KINDS` the weights file at `path` is, from its content (never its name); a `CheckpointError` naming it otherwise."
+    kind = sniff(path)
+    if kind is None:
+        with open(path, 'rb') as f: head = f.read(8)
+        raise CheckpointError(path, f"not a weights file this workspace reads (first bytes {head.hex(' ')}, {Path(path).stat().st_size} bytes): "
+                                    "expected safetensors, a torch.save file (zip or legacy) or a pickle", 'format')
+    return kind
+
 def load_tensors(path: str | os.PathLike, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
     "Load a safetensors file; returns (tensors, metadata). Errors name the file."
     from safetensors import safe_open
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"no such checkpoint: {path}")
+    kind = file_kind(path)
+    if kind != 'safetensors': raise CheckpointError(path, f"a {kind} file, not safetensors", 'format')
     try:
         with safe_open(str(path), framework="pt", device=device) as f:
             meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
             return {k: f.get_tensor(k) for k in f.keys()}, meta
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+    except BaseException as e:                       # safetensors' own panics are BaseExceptions
+        if isinstance(e, (KeyboardInterrupt, SystemExit)): raise
+        raise CheckpointError(path, f"not a readable safetensors file ({type(e).__name__}: {str(e)[:300]})", 'damaged') from None
+
 
 # %% ../nbs/00_core.ipynb 17
 class Registry(dict):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_engine.ipynb 2
 from __future__ import annotations
-import abc, atexit, dataclasses, json, math, os, random, time
+import abc, atexit, dataclasses, json, math, os, random, reprlib, time
 from pathlib import Path
 from typing import Callable
 import numpy as np
@@ -12,12 +12,13 @@ import torch
 import torch.nn as nn
 import torch.distributed as dist
 from tqdm.auto import tqdm
-from .core import get_device, atomic_write
+from .core import get_device, atomic_write, CheckpointError
+from .checkpoints import read_pickled
 
 # %% auto 0
 __all__ = ['PRECISIONS', 'dist_env', 'init_distributed', 'ShardedBatches', 'rng_state', 'set_rng_state', 'atomic_save',
-           'load_checkpoint', 'load_state_strict', 'has_bf16_units', 'NonFiniteError', 'EngineConfig', 'Method',
-           'Engine']
+           'load_checkpoint', 'check_state', 'load_state_strict', 'build_checked', 'has_bf16_units', 'NonFiniteError',
+           'EngineConfig', 'Method', 'Engine']
 
 # %% ../nbs/05_engine.ipynb 5
 def dist_env():
@@ -81,20 +82,39 @@ def atomic_save(obj, path):
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 def load_checkpoint(path) -> dict:
-    "Read a checkpoint without executing code (weights_only); errors name the file."
+    "Read a checkpoint without executing anything from it (`checkpoints.read_pickled`); errors name the file."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"no checkpoint at {path}")
-    try: return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    try: return read_pickled(path)
+    except CheckpointError as e: raise CheckpointError(path, f"not a readable checkpoint: {e.message}", e.reason) from None
 
-def load_state_strict(module: nn.Module, state: dict, where: str):
-    "load_state_dict that names the missing, unexpected and mis-shaped keys when the state does not fit."
+def check_state(module: nn.Module, state: dict, where: str):
+    "Raise a ValueError naming the missing, unexpected and mis-shaped keys when `state` does not fit `module` (which may be on the meta device)."
+    if not isinstance(state, dict): raise ValueError(f"{where}: the state is a {type(state).__name__}, not a dict of tensors")
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad: raise ValueError(f"{where}: entries {bad[:5]} are not tensors")
     own = module.state_dict()
     missing = sorted(set(own) - set(state)); unexpected = sorted(set(state) - set(own))
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         raise ValueError(f"{where} does not fit the model: missing keys {missing}; unexpected keys {unexpected}; mis-shaped {shapes}")
+
+def load_state_strict(module: nn.Module, state: dict, where: str):
+    "load_state_dict that names the missing, unexpected and mis-shaped keys when the state does not fit."
+    check_state(module, state, where)
     module.load_state_dict(state)
+
+def build_checked(make: Callable[[], nn.Module], state: dict, where: str, defaults: tuple = ()) -> nn.Module:
+    """`make()` loaded with `state`, after checking on the meta device (no memory) that `state` fits it: a file's
+    config cannot make us build a model larger than the tensors the file holds. Buffers whose names end in one of
+    `defaults` are the module's own when `state` lacks them (constants of the code, such as resampling filters)."""
+    with torch.device('meta'): ghost = make()
+    own = [k for k in ghost.state_dict() if k.endswith(tuple(defaults)) and k not in state] if defaults else []
+    check_state(ghost, {**{k: ghost.state_dict()[k] for k in own}, **state}, where)   # names and shapes only
+    m = make(); real = m.state_dict()
+    m.load_state_dict({**{k: real[k] for k in own}, **state})
+    return m
+
 
 # %% ../nbs/05_engine.ipynb 13
 PRECISIONS = ('auto', 'fast', 'fp32', 'bf16')
@@ -220,14 +240,38 @@ class Engine:
         for old in self.checkpoints()[:-self.cfg.keep]: old.unlink()
         self._saved_at = time.perf_counter()
         return p
+    def _check_state(self, s, path):
+        "Refuse a checkpoint that lacks what this method needs, before anything is loaded."
+        m = self.method
+        if not isinstance(s, dict): raise CheckpointError(path, f"an engine checkpoint is a dict, this file holds a {type(s).__name__}")
+        missing = [k for k in ('step', 'rng', 'modules', 'optimizers', 'ema') if k not in s]
+        if missing: raise CheckpointError(path, f"not an engine checkpoint: no {missing} (it has {sorted(map(str, s))[:12]})")
+        for part, names in (('modules', m.modules), ('optimizers', m.optimizers), ('schedulers', m.schedulers), ('ema', self.ema)):
+            have = s.get(part, {})
+            if not isinstance(have, dict): raise CheckpointError(path, f"its {part!r} is a {type(have).__name__}, not a dict")
+            lack = [n for n in names if n not in have]
+            if lack: raise CheckpointError(path, f"no {part[:-1]} {lack} in the checkpoint (it has {sorted(map(str, have))}): written by another method or configuration")
+        for n, v in s['ema'].items():
+            own = self.ema.get(n, [])
+            if not isinstance(v, list) or [tuple(x.shape) if isinstance(x, torch.Tensor) else None for x in v] != [tuple(x.shape) for x in own]:
+                raise CheckpointError(path, f"the EMA copy of {n!r} does not fit the module ({len(v) if isinstance(v, list) else type(v).__name__} entries, {len(own)} parameters)")
+        if isinstance(s['step'], bool) or not isinstance(s['step'], int) or s['step'] < 0: raise CheckpointError(path, f"step {reprlib.repr(s['step'])} is not a count of steps")
+        if isinstance(s.get('seconds', 0.), bool) or not isinstance(s.get('seconds', 0.), (int, float)):
+            raise CheckpointError(path, f"seconds {reprlib.repr(s['seconds'])} is not a number")
+
     def load(self, path):
         s = load_checkpoint(path); m = self.method
+        self._check_state(s, path)
         for n, mod in m.modules.items(): load_state_strict(mod, s['modules'][n], f"{path} (module {n!r})")
-        for n, o in m.optimizers.items(): o.load_state_dict(s['optimizers'][n])
-        for n, sc in m.schedulers.items(): sc.load_state_dict(s['schedulers'][n])
+        for part, objs in (('optimizers', m.optimizers), ('schedulers', m.schedulers)):
+            for n, o in objs.items():
+                try: o.load_state_dict(s[part][n])
+                except Exception as e: raise CheckpointError(path, f"the state of {part[:-1]} {n!r} does not fit ({type(e).__name__}: {e})") from None
         for n, v in s['ema'].items():
             for e, x in zip(self.ema[n], v): e.copy_(x)
-        set_rng_state(s['rng']); self.global_step = s['step']; self._before = float(s.get('seconds', 0.))
+        try: set_rng_state(s['rng'])
+        except Exception as e: raise CheckpointError(path, f"its random state is not one rng_state() writes ({type(e).__name__}: {e})") from None
+        self.global_step = s['step']; self._before = float(s.get('seconds', 0.))
         self._truncate_log()
 
     # -- logging and progress
@@ -277,7 +321,8 @@ class Engine:
     def fit(self):
         cfg, m = self.cfg, self.method
         if self.rank == 0:
-            for tmp in self.out.glob('.ckpt-*.tmp'): tmp.unlink()   # left by a crash during a save; the named checkpoints are whole
+            for tmp in [*self.out.glob('.ckpt-*.tmp'), *self.out.glob('.progress.json.*.tmp'), *self.out.glob('.log.jsonl.*.tmp')]:
+                tmp.unlink(missing_ok=True)                      # left by a kill during a write; the named files are whole
         if cfg.resume and self.checkpoints(): self.load(self.checkpoints()[-1])
         else:
             torch.manual_seed(cfg.seed + self.rank); np.random.seed(cfg.seed + self.rank); random.seed(cfg.seed + self.rank)

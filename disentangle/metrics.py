@@ -29,7 +29,7 @@ __all__ = ['MS_WEIGHTS', 'DEFAULTS', 'histogram_discretize', 'discrete_mutual_in
 # %% ../nbs/07_metrics.ipynb 5
 def _codes(z, name='z', n=None) -> np.ndarray:
     z = z.detach().cpu().numpy() if isinstance(z, torch.Tensor) else np.asarray(z)
-    if z.ndim != 2: raise ValueError(f"{name}: codes must have shape (N, D), got {z.shape}")
+    if z.ndim != 2 or z.shape[1] < 1: raise ValueError(f"{name}: codes must have shape (N, D) with D >= 1, got {z.shape}")
     if n is not None and len(z) != n: raise ValueError(f"{name}: expected {n} rows to match the factors, got {len(z)}")
     if len(z) < 2: raise ValueError(f"{name}: need at least 2 samples, got {len(z)}")
     if not np.issubdtype(z.dtype, np.number): raise ValueError(f"{name}: codes must be numbers, got dtype {z.dtype}")
@@ -42,7 +42,7 @@ def _codes(z, name='z', n=None) -> np.ndarray:
 def _factors(y, name='y', n=None, single_ok=False) -> np.ndarray:
     y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
     if y.ndim == 1: y = y[:, None]
-    if y.ndim != 2: raise ValueError(f"{name}: factors must have shape (N, F), got {y.shape}")
+    if y.ndim != 2 or y.shape[1] < 1: raise ValueError(f"{name}: factors must have shape (N, F) with F >= 1, got {y.shape}")
     if n is not None and len(y) != n: raise ValueError(f"{name}: expected {n} rows to match the codes, got {len(y)}")
     if not np.issubdtype(y.dtype, np.integer):
         if not (np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y))):
@@ -53,7 +53,16 @@ def _factors(y, name='y', n=None, single_ok=False) -> np.ndarray:
             if (y[:, j] == y[0, j]).all(): raise ValueError(f"{name}: factor {j} takes a single value ({y[0, j]}) in all {len(y)} samples")
     return y
 
-# %% ../nbs/07_metrics.ipynb 8
+# %% ../nbs/07_metrics.ipynb 6
+def _train_test(z_train, y_train, z_test, y_test):
+    "The four arrays of a metric that fits on training codes and scores test codes, checked: test codes and factors as wide as the training ones."
+    z_train = _codes(z_train, 'z_train'); y_train = _factors(y_train, 'y_train', len(z_train))
+    z_test = _codes(z_test, 'z_test'); y_test = _factors(y_test, 'y_test', len(z_test), single_ok=True)
+    if z_test.shape[1] != z_train.shape[1] or y_test.shape[1] != y_train.shape[1]:
+        raise ValueError(f"z_test/y_test: shapes {z_test.shape}/{y_test.shape} do not match z_train/y_train {z_train.shape}/{y_train.shape}")
+    return z_train, y_train, z_test, y_test
+
+# %% ../nbs/07_metrics.ipynb 9
 def histogram_discretize(z, num_bins=20) -> np.ndarray:
     "Each column of z (N, D) to bin ids: disentanglement_lib's `_histogram_discretize` (equal-width bins of the column's range)."
     z = np.asarray(z, dtype=np.float64)
@@ -80,7 +89,7 @@ def discrete_entropy(y) -> np.ndarray:
     y = _relabel(np.asarray(y))
     return np.array([scipy.stats.entropy(np.bincount(y[:, j])) for j in range(y.shape[1])])
 
-# %% ../nbs/07_metrics.ipynb 11
+# %% ../nbs/07_metrics.ipynb 12
 def mig(z, y, num_bins=20) -> dict:
     "MIG of codes z (N, D) for integer factors y (N, F): disentanglement_lib's `_compute_mig`."
     z = _codes(z); y = _factors(y, n=len(z))
@@ -89,7 +98,7 @@ def mig(z, y, num_bins=20) -> dict:
     top = np.sort(m, axis=0)[::-1]
     return {'discrete_mig': float(np.mean((top[0] - top[1]) / discrete_entropy(y)))}
 
-# %% ../nbs/07_metrics.ipynb 15
+# %% ../nbs/07_metrics.ipynb 16
 def dci_from_importance(R) -> dict:
     "Disentanglement and completeness of an importance matrix R (D codes, F factors): disentanglement_lib's definitions."
     R = np.abs(np.asarray(R, dtype=np.float64))
@@ -100,7 +109,7 @@ def dci_from_importance(R) -> dict:
         return float(np.sum(per * W.sum(1) / W.sum()))
     return {'disentanglement': score(R), 'completeness': score(R.T)}
 
-# %% ../nbs/07_metrics.ipynb 19
+# %% ../nbs/07_metrics.ipynb 20
 @numba.njit(cache=True)
 def _grow_tree(order, X, r, max_depth, prio):
     "One regression tree on residuals r with sklearn's friedman_mse best splitter, all nodes of a level in one pass per feature."
@@ -237,7 +246,7 @@ class GBT:
         raw = self.decision_function(X)
         return self.classes_[(raw[:, 0] > 0).astype(int)] if self.K == 2 else self.classes_[raw.argmax(1)]
 
-# %% ../nbs/07_metrics.ipynb 23
+# %% ../nbs/07_metrics.ipynb 24
 def gbt_importance(z_train, y_train, z_test, y_test, seed=0, model='presorted'):
     "Importance matrix (D, F) and mean train / test accuracy of one gradient-boosted tree classifier per factor."
     if model == 'sklearn':
@@ -253,14 +262,11 @@ def gbt_importance(z_train, y_train, z_test, y_test, seed=0, model='presorted'):
 
 def dci(z_train, y_train, z_test, y_test, seed=0, model='presorted') -> dict:
     "DCI of codes (N, D) for integer factors (N, F): disentanglement_lib's `_compute_dci` keys (`model='sklearn'`: its classifier)."
-    z_train = _codes(z_train, 'z_train'); y_train = _factors(y_train, 'y_train', len(z_train))
-    z_test = _codes(z_test, 'z_test'); y_test = _factors(y_test, 'y_test', len(z_test), single_ok=True)
-    if z_test.shape[1] != z_train.shape[1] or y_test.shape[1] != y_train.shape[1]:
-        raise ValueError(f"z_test/y_test: shapes {z_test.shape}/{y_test.shape} do not match z_train/y_train {z_train.shape}/{y_train.shape}")
+    z_train, y_train, z_test, y_test = _train_test(z_train, y_train, z_test, y_test)
     R, acc_train, acc_test = gbt_importance(z_train, y_train, z_test, y_test, seed, model)
     return {'informativeness_train': acc_train, 'informativeness_test': acc_test, **dci_from_importance(R)}
 
-# %% ../nbs/07_metrics.ipynb 26
+# %% ../nbs/07_metrics.ipynb 27
 def sap_score_matrix(z_train, y_train, z_test, y_test, continuous_factors=False) -> np.ndarray:
     "S (D, F): test accuracy of a 1-D linear SVM per (code, factor), or the squared correlation for continuous factors."
     from sklearn.svm import LinearSVC
@@ -278,22 +284,21 @@ def sap_score_matrix(z_train, y_train, z_test, y_test, continuous_factors=False)
 
 def sap(z_train, y_train, z_test, y_test, continuous_factors=False) -> dict:
     "SAP of codes (N, D) for integer factors (N, F): disentanglement_lib's `_compute_sap` (key `SAP_score`)."
-    z_train = _codes(z_train, 'z_train'); y_train = _factors(y_train, 'y_train', len(z_train))
-    z_test = _codes(z_test, 'z_test'); y_test = _factors(y_test, 'y_test', len(z_test), single_ok=True)
+    z_train, y_train, z_test, y_test = _train_test(z_train, y_train, z_test, y_test)
     if z_train.shape[1] < 2: raise ValueError(f"z_train: SAP needs at least 2 code dimensions, got {z_train.shape[1]}")
     with warnings.catch_warnings():   # liblinear often stops at its iteration cap on one-dimensional inputs, as in disentanglement_lib
         warnings.simplefilter('ignore', category=UserWarning)
         top = np.sort(sap_score_matrix(z_train, y_train, z_test, y_test, continuous_factors), axis=0)
     return {'SAP_score': float(np.mean(top[-1] - top[-2]))}
 
-# %% ../nbs/07_metrics.ipynb 29
+# %% ../nbs/07_metrics.ipynb 30
 def modularity_from_mi(m) -> float:
     sq = np.square(np.asarray(m, dtype=np.float64)); mx = sq.max(1)
     with np.errstate(divide='ignore', invalid='ignore'):
         score = 1. - (sq.sum(1) - mx) / (mx * (sq.shape[1] - 1.))
     return float(np.mean(np.where(mx == 0., 0., score)))
 
-# %% ../nbs/07_metrics.ipynb 32
+# %% ../nbs/07_metrics.ipynb 33
 def logistic_regression(x, y, seed=0):
     "scikit-learn's default LogisticRegression fit on (x, y); returns (classes, predict_proba)."
     from sklearn.linear_model import LogisticRegression
@@ -304,23 +309,23 @@ def logistic_regression(x, y, seed=0):
         clf = LogisticRegression(random_state=seed).fit(x, y)
     return clf.classes_, clf.predict_proba
 
-def roc_auc_ovr(y, proba, classes) -> float:
+def roc_auc_ovr(y, proba, classes, name='y') -> float:
     "Macro one-vs-rest ROC AUC (ties count half) over the classes present in y, as roc_auc_score on a MultiLabelBinarizer's indicator matrix."
     aucs = []
     for k, c in enumerate(classes):
         pos = y == c; n1 = pos.sum(); n0 = len(y) - n1
         if n1 == 0: continue   # a class absent from this split has no column in the binarized labels
-        if n0 == 0: raise ValueError(f"y: every sample is class {c}; ROC AUC is undefined")
+        if n0 == 0: raise ValueError(f"{name}: every sample is class {c}; ROC AUC is undefined")
         ranks = scipy.stats.rankdata(proba[:, k])
         aucs.append((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-    if not aucs: raise ValueError(f"y: none of the classes {list(classes)} occurs")
+    if not aucs: raise ValueError(f"{name}: none of the classes {list(classes)} occurs")
     return float(np.mean(aucs))
 
-# %% ../nbs/07_metrics.ipynb 34
+# %% ../nbs/07_metrics.ipynb 35
 def modularity_explicitness(z_train, y_train, z_test, y_test, num_bins=20) -> dict:
     "Modularity and explicitness of codes (N, D) for integer factors (N, F): disentanglement_lib's keys."
-    z_train = _codes(z_train, 'z_train'); y_train = _factors(y_train, 'y_train', len(z_train))
-    z_test = _codes(z_test, 'z_test'); y_test = _factors(y_test, 'y_test', len(z_test), single_ok=True)
+    z_train, y_train, z_test, y_test = _train_test(z_train, y_train, z_test, y_test)
+    if y_train.shape[1] < 2: raise ValueError(f"y_train: modularity compares each code's information about its top factor with the others, so it needs at least 2 factors, got {y_train.shape[1]}")
     m = discrete_mutual_info(histogram_discretize(z_train, num_bins), y_train)
     mean, std = z_train.mean(0), z_train.std(0)
     std = np.where(std > 0, std, 1.)   # a constant dimension carries nothing; disentanglement_lib would divide by 0
@@ -328,10 +333,11 @@ def modularity_explicitness(z_train, y_train, z_test, y_test, num_bins=20) -> di
     tr, te = [], []
     for j in range(y_train.shape[1]):
         classes, proba = logistic_regression(xn_train, y_train[:, j])
-        tr.append(roc_auc_ovr(y_train[:, j], proba(xn_train), classes)); te.append(roc_auc_ovr(y_test[:, j], proba(xn_test), classes))
+        tr.append(roc_auc_ovr(y_train[:, j], proba(xn_train), classes, f'y_train factor {j}'))
+        te.append(roc_auc_ovr(y_test[:, j], proba(xn_test), classes, f'y_test factor {j}'))
     return {'modularity_score': modularity_from_mi(m), 'explicitness_score_train': float(np.mean(tr)), 'explicitness_score_test': float(np.mean(te))}
 
-# %% ../nbs/07_metrics.ipynb 37
+# %% ../nbs/07_metrics.ipynb 38
 def beta_vae_score(x_train, k_train, x_eval, k_eval) -> dict:
     "BetaVAE score from features x (M, D) (mean |z1 - z2| of a batch pair) and the fixed factor k (M,) of each pair."
     x_train = _codes(x_train, 'x_train'); x_eval = _codes(x_eval, 'x_eval')
@@ -365,7 +371,7 @@ def factor_vae_score(z_train_groups, k_train, z_eval_groups, k_eval, global_vari
     return {'train_accuracy': float(tv[clf, cols].sum() / tv.sum()), 'eval_accuracy': float(ev[clf, cols].sum() / ev.sum()),
             'num_active_dims': int(active.sum())}
 
-# %% ../nbs/07_metrics.ipynb 41
+# %% ../nbs/07_metrics.ipynb 42
 def cosine_similarity(e1, e2) -> torch.Tensor:
     "Per-row cosine similarity of two embedding batches (N, E)."
     if e1.shape != e2.shape or e1.ndim != 2: raise ValueError(f"embeddings must both have shape (N, E), got {tuple(e1.shape)} and {tuple(e2.shape)}")
@@ -393,7 +399,7 @@ def edit_locality(before, after, mask) -> float:
     if not changed.any(): raise ValueError("after: no image differs from before; locality is undefined")
     return float((inside[changed] / total[changed]).mean())
 
-# %% ../nbs/07_metrics.ipynb 44
+# %% ../nbs/07_metrics.ipynb 45
 def erode(mask, px):
     "Binary erosion of masks (N, H, W) by `px` pixels (square neighbourhood)."
     if px <= 0: return mask.bool()
@@ -433,7 +439,7 @@ def mad(pred, gt, mask, erode_px=3, fov=10.) -> float:
     ang = torch.rad2deg(torch.acos(cos)) * m
     return float((ang.flatten(1).sum(1) / m.flatten(1).sum(1)).mean())
 
-# %% ../nbs/07_metrics.ipynb 48
+# %% ../nbs/07_metrics.ipynb 49
 def labeled_accuracy(pred, y, names=None) -> dict:
     "Per-factor accuracy of predicted integer factors (N, F) and their mean (`labeled_accuracy`)."
     y = _factors(y, 'y', single_ok=True); pred = _factors(pred, 'pred', len(y), single_ok=True)
@@ -453,7 +459,7 @@ def residual_leakage(r_train, y_train, r_test, y_test, names=None) -> dict:
     out['residual_leakage'] = float(np.mean(list(out.values())))
     return out
 
-# %% ../nbs/07_metrics.ipynb 51
+# %% ../nbs/07_metrics.ipynb 52
 def psnr(x, y, data_range=2.0) -> float:
     "Mean PSNR (dB) of image batches (N, C, H, W); data_range 2 for images in [-1, 1]."
     if x.shape != y.shape: raise ValueError(f"images must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -498,7 +504,7 @@ def ms_ssim(x, y, data_range=2.0) -> dict:
     S = sum(1 for s in range(5) if min(x.shape[-2:]) // 2 ** s >= 11)
     return {'ms_ssim': float(out.mean()), 'scales': S}
 
-# %% ../nbs/07_metrics.ipynb 55
+# %% ../nbs/07_metrics.ipynb 56
 def _psd_sqrt(S):
     e, V = torch.linalg.eigh(S); return (V * e.clamp(min=0).sqrt()) @ V.T
 
@@ -532,7 +538,7 @@ def kid(feats1, feats2, n_subsets=100, subset_size=1000, seed=0) -> dict:
     v = torch.stack(vals)
     return {'kid': float(v.mean()), 'kid_std': float(v.std())}
 
-# %% ../nbs/07_metrics.ipynb 58
+# %% ../nbs/07_metrics.ipynb 59
 DEFAULTS = dict(dci=dict(num_train=10000, num_test=5000), mig=dict(num_train=10000), sap=dict(num_train=10000, num_test=5000),
                 modularity_explicitness=dict(num_train=10000, num_test=5000),
                 beta_vae=dict(batch_size=64, num_train=10000, num_eval=5000),

@@ -498,13 +498,13 @@ def load_pretrained(name, device='cpu', assets=None):
         raise ValueError(f"{path}: metadata must name a net (one of {list(NETS)}) and its config, got net={meta.get('net')!r}")
     cls, cfg_cls = NETS[meta['net']]
     try: cfg = cfg_cls(**meta['config'])
-    except TypeError as e: raise ValueError(f"{path}: config {meta['config']} does not fit {cfg_cls.__name__} ({e})") from None
-    net = cls(cfg); want = net.state_dict()
+    except (TypeError, ValueError) as e: raise ValueError(f"{path}: config {meta['config']} does not fit {cfg_cls.__name__} ({e})") from None
+    with torch.device('meta'): want = cls(cfg).state_dict()        # shapes only: the file's config cannot make us build more than it holds
     missing, unexpected = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
     bad = [f"{k}: file {tuple(tensors[k].shape)}, net {tuple(want[k].shape)}" for k in want if k in tensors and tensors[k].shape != want[k].shape]
     if missing or unexpected or bad:
         raise ValueError(f"{path}: weights do not match {meta['net']}({cfg}): missing {missing[:5]}, unexpected {unexpected[:5]}, shapes {bad[:5]}")
-    net.load_state_dict(tensors)
+    net = cls(cfg); net.load_state_dict(tensors)
     net.info = meta.get('info', {})
     return net.to(device).eval().requires_grad_(False)
 

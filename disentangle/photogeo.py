@@ -253,7 +253,8 @@ class PhotoGeo(nn.Module):
 
 # %% ../nbs/12_photogeo.ipynb 32
 from pathlib import Path
-from .core import save_tensors, load_tensors
+from .core import save_tensors, load_tensors, file_kind, CheckpointError
+from .checkpoints import read_pickled
 
 EPS = 1e-7
 
@@ -289,16 +290,15 @@ def load_vgg16(path) -> VGG16Relu33:
     "VGG16 up to relu3_3 from a local torchvision-layout state dict (`vgg16-397923af.pth` or a .safetensors of it)."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"no VGG16 weights at {path}")
-    if path.suffix == '.safetensors': sd = load_tensors(path)[0]
-    else:
-        try: sd = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as e: raise ValueError(f"{path}: not a readable state dict ({type(e).__name__}: {e})") from None
-    if isinstance(sd, dict) and 'state_dict' in sd: sd = sd['state_dict']
+    sd = load_tensors(path)[0] if file_kind(path) == 'safetensors' else read_pickled(path)   # by content; nothing in it runs
+    if isinstance(sd, dict) and isinstance(sd.get('state_dict'), dict): sd = sd['state_dict']
+    if not isinstance(sd, dict): raise CheckpointError(path, f"expected a state dict of tensors, found a {type(sd).__name__}")
     net = VGG16Relu33()
     convs = [m for m in net.features if isinstance(m, nn.Conv2d)]
     want = {f'features.{i}.{k}': getattr(c, k) for i, c in zip(VGG_CONVS, convs) for k in ('weight', 'bias')}
     missing = [k for k in want if k not in sd]
-    bad = [f"{k}: file {tuple(sd[k].shape)}, VGG16 {tuple(v.shape)}" for k, v in want.items() if k in sd and sd[k].shape != v.shape]
+    bad = [f"{k}: file {tuple(sd[k].shape) if isinstance(sd[k], torch.Tensor) else type(sd[k]).__name__}, VGG16 {tuple(v.shape)}"
+           for k, v in want.items() if k in sd and (not isinstance(sd[k], torch.Tensor) or sd[k].shape != v.shape)]
     if missing or bad: raise ValueError(f"{path}: not VGG16 weights in torchvision's layout: missing {missing[:4]}, shapes {bad[:4]}")
     with torch.no_grad():
         for k, v in want.items(): v.copy_(sd[k].float())
@@ -384,10 +384,9 @@ def load_photogeo(path, device='cpu') -> PhotoGeo:
     if meta.get('net') != 'PhotoGeo' or not isinstance(meta.get('config'), dict):
         raise ValueError(f"{path}: not a PhotoGeo file (metadata net={meta.get('net')!r})")
     try: cfg = PhotoGeoConfig(**meta['config'])
-    except TypeError as e: raise ValueError(f"{path}: config {meta['config']} does not fit PhotoGeoConfig ({e})") from None
-    from disentangle.engine import load_state_strict
-    model = PhotoGeo(cfg)
-    load_state_strict(model, {k: v.float() for k, v in tensors.items()}, f"{path} (PhotoGeo, nf={cfg.nf}, zdim={cfg.zdim})")
+    except (TypeError, ValueError) as e: raise ValueError(f"{path}: config {meta['config']} does not fit PhotoGeoConfig ({e})") from None
+    from disentangle.engine import build_checked           # the config is checked against the tensors before the model is built
+    model = build_checked(lambda: PhotoGeo(cfg), {k: v.float() for k, v in tensors.items()}, f"{path} (PhotoGeo, nf={cfg.nf}, zdim={cfg.zdim})")
     model.info = meta.get('info', {})
     return model.to(device).eval().requires_grad_(False)
 

@@ -14,13 +14,13 @@ from .synthfaces import CLASSES
 
 # %% auto 0
 __all__ = ['CELEBA_LANDMARK_NAMES', 'CELEBA_ATTR', 'CELEBA_IDENTITY', 'CELEBA_LANDMARKS', 'CELEBA_PARTITION', 'HQ_ATTR',
-           'HQ_MAPPING', 'IMAGE_EXTENSIONS', 'MASK_PARTS', 'MASK_ID', 'CACHE_VERSION', 'CELEBA_ATTRIBUTES',
-           'SPLIT_CODES', 'CELEBA_SIZE', 'DATASETS', 'DATA_CHOICES', 'DATA_KEYS', 'DataError', 'BadDataWarning',
-           'Skipped', 'data_error', 'Problems', 'TableFormat', 'Table', 'read_table', 'centre_square', 'move_points',
-           'load_image', 'read_mask', 'merge_masks', 'RealConfig', 'RealLoader', 'RealFaces', 'FolderConfig',
-           'list_images', 'ImageFolder', 'FFHQConfig', 'FFHQ', 'CelebAConfig', 'numbered_files', 'optional_table',
-           'check_rows', 'CelebA', 'CelebAMaskHQConfig', 'mask_index', 'CelebAMaskHQ', 'open_dataset', 'RealSubset',
-           'data_keys', 'experiment_data']
+           'HQ_MAPPING', 'IMAGE_EXTENSIONS', 'MAX_UPSCALE', 'MASK_PARTS', 'MASK_ID', 'CACHE_VERSION',
+           'CELEBA_ATTRIBUTES', 'SPLIT_CODES', 'CELEBA_SIZE', 'DATASETS', 'DATA_CHOICES', 'DATA_KEYS', 'DataError',
+           'BadDataWarning', 'Skipped', 'data_error', 'Problems', 'TableFormat', 'Table', 'read_table', 'centre_square',
+           'move_points', 'to_rgb', 'load_image', 'read_mask', 'merge_masks', 'RealConfig', 'RealLoader', 'RealFaces',
+           'FolderConfig', 'list_images', 'ImageFolder', 'FFHQConfig', 'FFHQ', 'CelebAConfig', 'numbered_files',
+           'optional_table', 'no_row', 'check_rows', 'CelebA', 'CelebAMaskHQConfig', 'mask_index', 'CelebAMaskHQ',
+           'open_dataset', 'RealSubset', 'data_keys', 'experiment_data']
 
 # %% ../nbs/03_realdata.ipynb 5
 class DataError(ValueError):
@@ -36,9 +36,10 @@ class BadDataWarning(UserWarning):
 # %% ../nbs/03_realdata.ipynb 7
 @dataclasses.dataclass(frozen=True)
 class Skipped:
-    path: str    # the file at fault
-    line: int    # 1-based line in it; 0 for the file as a whole
-    reason: str  # what was expected and what was found
+    path: str       # the file at fault
+    line: int       # 1-based line in it; 0 for the file as a whole
+    reason: str     # what was expected and what was found
+    item: str = ''  # the image this left out ('' when none was: a wrong count line, a duplicate row, a missing key)
 
 def data_error(path, reason, line=0) -> DataError:
     "A `DataError` whose message is `path:line: reason`."
@@ -48,14 +49,24 @@ def data_error(path, reason, line=0) -> DataError:
 class Problems:
     "Where a loader sends bad data: raised as a `DataError` (strict), or recorded once in `.items` (`skip=True`)."
     def __init__(self, skip: bool = False): self.skip, self.items, self._seen = skip, [], set()
-    def __call__(self, path, line, reason, fatal=False):
+    def __call__(self, path, line, reason, fatal=False, item='') -> Skipped:
         if fatal or not self.skip: raise data_error(path, reason, line)
-        self.add(Skipped(str(path), int(line), reason))
+        s = Skipped(str(path), int(line), reason, str(item))
+        self.add(s)
+        return s
     def add(self, s: Skipped) -> bool:
         "Record `s` unless it is already recorded; True when new."
         if s in self._seen: return False
         self._seen.add(s); self.items.append(s)
         return True
+    def amend(self, old: Skipped, new: Skipped):
+        "Put `new` in the place of the recorded `old` (a bad row, once we know the image it leaves out)."
+        self.items[self.items.index(old)] = new
+        self._seen.discard(old); self._seen.add(new)
+    @property
+    def dropped(self) -> int:
+        "Images left out, each counted once however many problems it had."
+        return len({s.item for s in self.items if s.item})
 
 # %% ../nbs/03_realdata.ipynb 11
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +106,8 @@ class Table:
     values: np.ndarray
     lines: np.ndarray
     bad_keys: frozenset = frozenset()
+    bad_rows: dict = dataclasses.field(default_factory=dict)   # image number -> the recorded problem of its (first) bad row
+    unkeyed: list = dataclasses.field(default_factory=list)    # recorded bad rows whose image number cannot be read
 
     @property
     def keys(self) -> np.ndarray: return self.values[:, 0].astype(np.int64)
@@ -123,13 +136,16 @@ def _parse_rows(path, fmt, body, problems):
     "Reference parser: (values (N, columns), lines (N,), bad keys) from [(line number, text)], each bad row sent to `problems`."
     pats, num = fmt.patterns(), _FLOAT if fmt.dtype == 'float' else _INT
     conv, allowed = (float if fmt.dtype == 'float' else int), (None if fmt.allowed is None else set(fmt.allowed))
-    rows, lines, bad_keys = [], [], set()
+    rows, lines, bad_keys, bad_rows, unkeyed = [], [], set(), {}, []
+    def bad(n, msg, m0):
+        s = problems(path, n, msg)
+        if m0: k = int(m0.group(1)); bad_keys.add(k); bad_rows.setdefault(k, s)
+        else: unkeyed.append(s)
     for n, text in body:
         tok = text.split()
         m0 = pats[0].fullmatch(tok[0]) if tok else None
         if len(tok) != fmt.columns:
-            problems(path, n, f"expected {fmt.columns} columns (name and {fmt.columns - 1} values), found {len(tok)}")
-            if m0: bad_keys.add(int(m0.group(1)))
+            bad(n, f"expected {fmt.columns} columns (name and {fmt.columns - 1} values), found {len(tok)}", m0)
             continue
         row, err = [], None
         for c, t in enumerate(tok):
@@ -143,12 +159,11 @@ def _parse_rows(path, fmt, body, problems):
                 err = f"column {c + 1}: expected one of {sorted(allowed)}, found {t[:40]!r}"; break
             else: row.append(conv(t))
         if err:
-            problems(path, n, err)
-            if m0: bad_keys.add(int(m0.group(1)))
+            bad(n, err, m0)
             continue
         rows.append(row); lines.append(n)
     dt = np.float64 if fmt.dtype == 'float' else np.int64
-    return np.array(rows, dtype=dt).reshape(-1, fmt.columns), np.array(lines, dtype=np.int64), bad_keys
+    return np.array(rows, dtype=dt).reshape(-1, fmt.columns), np.array(lines, dtype=np.int64), bad_keys, bad_rows, unkeyed
 
 # %% ../nbs/03_realdata.ipynb 18
 def _parse_fast(fmt, body):
@@ -192,16 +207,16 @@ def read_table(path, fmt: TableFormat, problems: Problems | None = None, fast: b
     path, problems = Path(path), problems or Problems()
     if not path.is_file(): raise data_error(path, f"missing annotation file ({fmt.name})")
     data = path.read_bytes()
-    try: text, clean = data.decode('utf-8'), True
-    except UnicodeDecodeError: text, clean = data.decode('utf-8', errors='replace'), False
+    try: text, clean = data.decode('utf-8-sig'), True          # a byte-order mark, as some editors write, is no data
+    except UnicodeDecodeError: text, clean = data.decode('utf-8-sig', errors='replace'), False
     lines = [l.rstrip('\r') for l in text.split('\n')]
     first, count, header = _count_and_header(path, fmt, lines, problems)
     body = [(n, t) for n, t in enumerate(lines[first:], first + 1) if t.strip()]
     values = None
     if fast and clean and body:
-        try: values, rows, bad_keys = _parse_fast(fmt, body), np.array([n for n, _ in body], dtype=np.int64), set()
+        try: values, rows, bad_keys, bad_rows, unkeyed = _parse_fast(fmt, body), np.array([n for n, _ in body], dtype=np.int64), set(), {}, []
         except Exception: values = None                  # something is wrong: the reference parser says what
-    if values is None: values, rows, bad_keys = _parse_rows(path, fmt, body, problems)
+    if values is None: values, rows, bad_keys, bad_rows, unkeyed = _parse_rows(path, fmt, body, problems)
     if count is not None and count != len(body):
         problems(path, 1, f"the count line says {count} rows, found {len(body)}")
     keys = values[:, 0].astype(np.int64)
@@ -211,7 +226,7 @@ def read_table(path, fmt: TableFormat, problems: Problems | None = None, fast: b
         for r in np.flatnonzero(dup):
             problems(path, rows[r], f"duplicate row for {fmt.key_fmt.format(keys[r])} (first on line {rows[first_at[np.searchsorted(u, keys[r])]]})")
         values, rows = values[~dup], rows[~dup]
-    return Table(path, fmt, header, values, rows, frozenset(bad_keys))
+    return Table(path, fmt, header, values, rows, frozenset(bad_keys), bad_rows, unkeyed)
 
 # %% ../nbs/03_realdata.ipynb 27
 IMAGE_EXTENSIONS = ('.bmp', '.jpeg', '.jpg', '.png', '.webp')
@@ -227,6 +242,27 @@ def move_points(xy, box, size) -> np.ndarray:
     return (np.asarray(xy, dtype=np.float64) + 0.5 - np.array([l, t])) * np.array([size / (r - l), size / (b - t)]) - 0.5
 
 # %% ../nbs/03_realdata.ipynb 30
+MAX_UPSCALE = 4      # a crop smaller than size / MAX_UPSCALE is refused: the image would be mostly interpolation
+
+def to_rgb(im: Image.Image, path) -> Image.Image:
+    """8-bit RGB of an image in any mode PIL opens: 16-bit grey (I;16, or I within 0..65535) scaled from its full range,
+    transparency composited over black, palette, 1-bit, CMYK and the rest by PIL; a DataError naming `path` for a mode
+    whose range is unknown (F, or I outside 16 bits)."""
+    mode = im.mode
+    if mode == 'RGB' and 'transparency' not in im.info: return im
+    if mode.startswith('I;16') or mode == 'I':
+        a = np.asarray(im)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise data_error(path, f"32-bit integer image (mode {mode}) with values {a.min()}..{a.max()}: its range is unknown; save it with 8 or 16 bits")
+        return Image.fromarray(((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8), 'L').convert('RGB')
+    if mode == 'F': raise data_error(path, "32-bit float image (mode F): its range is unknown; save it with 8 or 16 bits")
+    try:
+        if mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or 'transparency' in im.info:
+            rgba = im.convert('RGBA')
+            return Image.alpha_composite(Image.new('RGBA', rgba.size, (0, 0, 0, 255)), rgba).convert('RGB')
+        return im.convert('RGB')
+    except ValueError as e: raise data_error(path, f"image mode {mode!r} cannot be converted to RGB ({e})") from None
+
 def load_image(path, size: int, box: tuple | str = 'center', expect: tuple | None = None) -> np.ndarray:
     "Decode `path`, crop `box` ('center', 'full' or pixels), resize to (size, size, 3) uint8 RGB; DataError if unreadable."
     try:
@@ -237,21 +273,25 @@ def load_image(path, size: int, box: tuple | str = 'center', expect: tuple | Non
             b = centre_square(W, H) if box == 'center' else (0, 0, W, H) if box == 'full' else tuple(box)
             if not (0 <= b[0] < b[2] <= W and 0 <= b[1] < b[3] <= H):
                 raise data_error(path, f"crop box {b} is outside the {W}x{H} image")
+            side = min(b[2] - b[0], b[3] - b[1])
+            if side * MAX_UPSCALE < size:
+                raise data_error(path, f"image is {W}x{H}: its crop {b[2] - b[0]}x{b[3] - b[1]} would be upscaled {size / side:.1f} times "
+                                       f"to {size}x{size} (at most {MAX_UPSCALE}); use a smaller size or larger images")
             d = im.draft('RGB', (math.ceil(W * size / (b[2] - b[0])), math.ceil(H * size / (b[3] - b[1]))))
             k = 1.0 if d is None else W / d[1][2]          # the JPEG decoder's scale-down factor
-            im = im.convert('RGB')
+            im = to_rgb(im, path)
             return np.asarray(im.resize((size, size), Image.BILINEAR, box=tuple(v / k for v in b)))
     except DataError: raise
     except Exception as e:
         raise data_error(path, f"unreadable image ({type(e).__name__}: {str(e)[:200]})") from None
 
-# %% ../nbs/03_realdata.ipynb 36
+# %% ../nbs/03_realdata.ipynb 37
 MASK_PARTS = CLASSES[1:]          # skin, nose, eye_g, l_eye, r_eye, l_brow, r_brow, l_ear, r_ear, mouth, u_lip, l_lip,
                                   # hair, hat, ear_r, neck_l, neck, cloth: the official painting order, id = position + 1
 MASK_ID = {n: i + 1 for i, n in enumerate(MASK_PARTS)}
 _MASK_FILE = re.compile(r'(\d{5})_([A-Za-z_]+)\.png', re.ASCII)
 
-# %% ../nbs/03_realdata.ipynb 37
+# %% ../nbs/03_realdata.ipynb 38
 def read_mask(path, mask_size: int) -> np.ndarray:
     "One part PNG as a (mask_size, mask_size) array (first channel); DataError if unreadable or of another size."
     try:
@@ -270,7 +310,7 @@ def merge_masks(parts, mask_size: int = 512) -> np.ndarray:
     for cid, path in parts: out[read_mask(path, mask_size) != 0] = cid
     return out
 
-# %% ../nbs/03_realdata.ipynb 41
+# %% ../nbs/03_realdata.ipynb 42
 @dataclasses.dataclass
 class RealConfig:
     root: str                       # the data set's folder, in its official layout
@@ -287,7 +327,7 @@ class RealConfig:
         if self.limit is not None and self.limit < 0: raise ValueError(f"limit must be >= 0 or None, got {self.limit}")
         if self.cache_workers < 0: raise ValueError(f"cache_workers must be >= 0, got {self.cache_workers}")
 
-# %% ../nbs/03_realdata.ipynb 43
+# %% ../nbs/03_realdata.ipynb 44
 CACHE_VERSION = 1
 
 class _Decoded(torch.utils.data.Dataset):   # the cache builder's view: every image decoded, bad ones returned, none raised
@@ -304,7 +344,7 @@ class _Decoded(torch.utils.data.Dataset):   # the cache builder's view: every im
 
 def _collate_one(b): return b
 
-# %% ../nbs/03_realdata.ipynb 44
+# %% ../nbs/03_realdata.ipynb 45
 def _build_cache(ds, folder: Path):
     with atomic_folder(folder) as tmp:
         N, S = len(ds), ds.size
@@ -316,14 +356,14 @@ def _build_cache(ds, folder: Path):
             image[b['i']] = b['image']
             if mask is not None and len(b['i']): mask[b['i']] = b['mask']
             for i, path, line, reason in b['bad']:
-                ds.problems(path, line, reason)          # strict: raises, and the temporary folder goes
+                ds.problems(path, line, reason, item=ds.meta['path'][i])   # strict: raises, and the temporary folder goes
                 bad.append([i, path, line, reason])
         for m in (image, mask):
             if m is not None: m.flush()
         del image, mask
         (tmp / 'bad.json').write_text(json.dumps(bad))
 
-# %% ../nbs/03_realdata.ipynb 46
+# %% ../nbs/03_realdata.ipynb 47
 class RealLoader(BatchLoader):
     "A `BatchLoader` that brings the items skipped in its workers back to the data set's `.skipped`."
     def __iter__(self):
@@ -332,7 +372,7 @@ class RealLoader(BatchLoader):
             if new: self.source._report(new)
             yield b
 
-# %% ../nbs/03_realdata.ipynb 47
+# %% ../nbs/03_realdata.ipynb 48
 class RealFaces(torch.utils.data.Dataset, metaclass=abc.ABCMeta):
     "Face images and their annotations as SynthFaces-style batch dicts, decoded on demand or served from a uint8 cache."
     name, Config, SPLITS = 'images', RealConfig, ('all',)
@@ -348,8 +388,8 @@ class RealFaces(torch.utils.data.Dataset, metaclass=abc.ABCMeta):
         self.cache, self.rows = None, None
         if cfg.cache_dir is not None and len(self): self._open_cache(Path(cfg.cache_dir))
         if self.skipped:
-            warnings.warn(f"{self.name} ({self.root}): skipped {len(self.skipped)} bad item(s), {len(self)} images left; "
-                          f"`.skipped` lists them", BadDataWarning, stacklevel=2)
+            warnings.warn(f"{self.name} ({self.root}): skipped {self.problems.dropped} bad item(s), {len(self)} images left; "
+                          f"`.skipped` lists the {len(self.skipped)} problem(s) found (an image counted once)", BadDataWarning, stacklevel=2)
 
     @property
     def skipped(self) -> list: return self.problems.items
@@ -386,7 +426,7 @@ class RealFaces(torch.utils.data.Dataset, metaclass=abc.ABCMeta):
             raise data_error(folder / 'image.npy', f"cache holds {c['image'].shape}, expected {(len(self), self.size, self.size, 3)}; delete the folder")
         keep = np.ones(len(self), bool)
         for i, path, line, reason in json.loads((folder / 'bad.json').read_text()):
-            self.problems(path, line, f"{reason} (listed in the cache {folder.name}/bad.json)" if not self.cfg.skip_bad else reason)
+            self.problems(path, line, f"{reason} (listed in the cache {folder.name}/bad.json)" if not self.cfg.skip_bad else reason, item=self.meta['path'][i])
             keep[i] = False
         self.cache, self.rows = c, np.flatnonzero(keep)
         self._select(keep)
@@ -396,7 +436,7 @@ class RealFaces(torch.utils.data.Dataset, metaclass=abc.ABCMeta):
         new = [s for s in items if self.problems.add(s)]
         if new:
             warnings.warn(f"{self.name}: skipped {len(new)} unreadable item(s) while loading ({new[0].path}: {new[0].reason}); "
-                          f"{len(self.skipped)} skipped in all, `.skipped` lists them", BadDataWarning, stacklevel=3)
+                          f"{self.problems.dropped} skipped in all, `.skipped` lists them", BadDataWarning, stacklevel=3)
 
     def __getitems__(self, idxs):
         idxs, S, new = np.asarray(idxs, dtype=np.int64).reshape(-1), self.size, []
@@ -410,7 +450,7 @@ class RealFaces(torch.utils.data.Dataset, metaclass=abc.ABCMeta):
                 try: im, m = self._decode(int(i))
                 except DataError as e:
                     if not self.cfg.skip_bad: raise
-                    new.append(Skipped(e.path or str(self.path(i)), e.line, e.reason)); continue
+                    new.append(Skipped(e.path or str(self.path(i)), e.line, e.reason, str(self.meta['path'][i]))); continue
                 ims.append(im); ms.append(m); kept.append(i)
             idxs = np.array(kept, dtype=np.int64)
             image = np.stack(ims) if ims else np.zeros((0, S, S, 3), np.uint8)
@@ -439,7 +479,7 @@ class RealFaces(torch.utils.data.Dataset, metaclass=abc.ABCMeta):
         return (f"{type(self).__name__}({str(self.root)!r}, size={self.size}, split={self.cfg.split!r}): {len(self)} images, "
                 f"keys {keys}{', cached' if self.cache is not None else ''}{f', {len(self.skipped)} skipped' if self.skipped else ''}")
 
-# %% ../nbs/03_realdata.ipynb 49
+# %% ../nbs/03_realdata.ipynb 50
 @dataclasses.dataclass
 class FolderConfig(RealConfig):
     crop: str = 'center'            # 'center' (largest centred square) or 'full' (the whole image, squashed)
@@ -458,7 +498,7 @@ def list_images(root, extensions=IMAGE_EXTENSIONS) -> list:
         out += [(rel / f).as_posix() for f in files if not f.startswith('.') and os.path.splitext(f)[1].lower() in extensions]
     return sorted(out)
 
-# %% ../nbs/03_realdata.ipynb 50
+# %% ../nbs/03_realdata.ipynb 51
 class ImageFolder(RealFaces):
     "Every image below a folder, recursively and in sorted order; batches hold `image` only."
     name, Config = 'image folder', FolderConfig
@@ -470,7 +510,7 @@ class ImageFolder(RealFaces):
     def _index(self): return {'path': np.array(self._files(), dtype=object)}
     def _decode(self, i): return load_image(self.path(i), self.size, self.cfg.crop), None
 
-# %% ../nbs/03_realdata.ipynb 52
+# %% ../nbs/03_realdata.ipynb 53
 @dataclasses.dataclass
 class FFHQConfig(FolderConfig):
     resolution: str = 'auto'        # 'auto', 'images1024x1024' or 'thumbnails128x128' (subfolder of the FFHQ root)
@@ -494,11 +534,11 @@ class FFHQ(ImageFolder):
         keep = []
         for f in files:
             stem = Path(f).stem
-            if not re.fullmatch(r'\d{1,9}', stem, re.ASCII): self.problems(self.root / f, 0, "FFHQ file names are numbers (00000-69999): cannot tell its split"); continue
+            if not re.fullmatch(r'\d{1,9}', stem, re.ASCII): self.problems(self.root / f, 0, "FFHQ file names are numbers (00000-69999): cannot tell its split", item=f); continue
             if (int(stem) < 60000) == (self.cfg.split == 'train'): keep.append(f)
         return {'path': np.array(keep, dtype=object)}
 
-# %% ../nbs/03_realdata.ipynb 57
+# %% ../nbs/03_realdata.ipynb 58
 CELEBA_ATTRIBUTES = ('5_o_Clock_Shadow', 'Arched_Eyebrows', 'Attractive', 'Bags_Under_Eyes', 'Bald', 'Bangs', 'Big_Lips',
     'Big_Nose', 'Black_Hair', 'Blond_Hair', 'Blurry', 'Brown_Hair', 'Bushy_Eyebrows', 'Chubby', 'Double_Chin', 'Eyeglasses',
     'Goatee', 'Gray_Hair', 'Heavy_Makeup', 'High_Cheekbones', 'Male', 'Mouth_Slightly_Open', 'Mustache', 'Narrow_Eyes',
@@ -508,7 +548,7 @@ CELEBA_ATTRIBUTES = ('5_o_Clock_Shadow', 'Arched_Eyebrows', 'Attractive', 'Bags_
 SPLIT_CODES = {'train': 0, 'valid': 1, 'test': 2}
 CELEBA_SIZE = (178, 218)
 
-# %% ../nbs/03_realdata.ipynb 58
+# %% ../nbs/03_realdata.ipynb 59
 @dataclasses.dataclass
 class CelebAConfig(RealConfig):
     split: str = 'train'
@@ -524,7 +564,7 @@ class CelebAConfig(RealConfig):
         bad = [a for a in self.annotations if a not in ('attributes', 'identity', 'landmarks')]
         if bad: raise ValueError(f"unknown annotation(s) {bad}; valid: ('attributes', 'identity', 'landmarks')")
 
-# %% ../nbs/03_realdata.ipynb 60
+# %% ../nbs/03_realdata.ipynb 61
 def numbered_files(folder, pattern: str, problems: Problems) -> dict:
     "Image number -> file name of the files in `folder` matching `pattern` (group 1 the number); a missing folder is fatal."
     folder = Path(folder)
@@ -545,23 +585,35 @@ def optional_table(path, fmt, problems, required=False) -> Table | None:
         if required and e.reason.startswith('missing'): raise data_error(path, f"{e.reason}: needed for the split") from None
         raise
 
-# %% ../nbs/03_realdata.ipynb 61
-def check_rows(keys, keep, tables, problems, key_fmt):
-    "Drop (in `keep`) each image that lacks a row in one of `tables` (named table -> (Table, rows of keys)); a row that was bad is already recorded."
+# %% ../nbs/03_realdata.ipynb 62
+def no_row(problems, t: Table, key, item: str, reason: str):
+    """Record that image `item` is left out for want of a good row of `t` for `key`, once: the problem of its bad row
+    (or of a bad row whose image number could not be read) now names it; otherwise a new entry `reason`."""
+    s = t.bad_rows.get(int(key))
+    if s is None and t.unkeyed: s = t.unkeyed.pop(0)
+    if s is not None and not s.item and s in problems._seen:
+        new = dataclasses.replace(s, reason=f"{s.reason} (so {item} is left out)", item=item)
+        problems.amend(s, new)
+        if t.bad_rows.get(int(key)) is s: t.bad_rows[int(key)] = new
+        return
+    problems(t.path, 0, reason, item=item)
+
+def check_rows(keys, keep, tables, problems, key_fmt, item_fmt=None):
+    "Drop (in `keep`) each image that lacks a row in one of `tables` (named table -> (Table, rows of keys)); one entry per image."
     for name, (t, pos) in tables.items():
         for j in np.flatnonzero(keep & (pos < 0)):
-            if int(keys[j]) not in t.bad_keys: problems(t.path, 0, f"no row for {key_fmt.format(keys[j])} ({name})")
+            no_row(problems, t, keys[j], (item_fmt or key_fmt).format(keys[j]), f"no row for {key_fmt.format(keys[j])} ({name})")
             keep[j] = False
     return keep
 
-# %% ../nbs/03_realdata.ipynb 62
+# %% ../nbs/03_realdata.ipynb 63
 def _present(keys, present, keep, folder, problems, key_fmt, listed):
     for j in np.flatnonzero(keep & ~np.isin(keys, np.fromiter(present, np.int64, len(present)))):
-        problems(Path(folder) / key_fmt.format(keys[j]), 0, f"missing image file (named in {listed(keys[j])})")
+        problems(Path(folder) / key_fmt.format(keys[j]), 0, f"missing image file (named in {listed(keys[j])})", item=key_fmt.format(keys[j]))
         keep[j] = False
     return keep
 
-# %% ../nbs/03_realdata.ipynb 63
+# %% ../nbs/03_realdata.ipynb 64
 class CelebA(RealFaces):
     "CelebA, aligned and cropped: image, landmarks (moved with the crop), identity, 40 attributes; official splits."
     name, Config, SPLITS = 'CelebA', CelebAConfig, ('train', 'valid', 'test', 'all')
@@ -581,7 +633,7 @@ class CelebA(RealFaces):
             listed = lambda k: part.where(k)
             have = np.fromiter(present, np.int64, len(present))
             for k in have[~np.isin(have, part.keys)]:          # an image with no split is bad data too
-                if int(k) not in part.bad_keys: pr(part.path, 0, f"no row for {k:06d}.jpg (in img_align_celeba): its split is unknown")
+                no_row(pr, part, k, f"{k:06d}.jpg", f"no row for {k:06d}.jpg (in img_align_celeba): its split is unknown")
         else:
             keys = np.unique(np.concatenate([np.fromiter(present, np.int64, len(present))] + [t.keys for t in tables.values()]))
             listed = lambda k: ', '.join(t.where(k) for t in tables.values() if t.lookup([k])[0] >= 0) or 'the folder'
@@ -598,7 +650,7 @@ class CelebA(RealFaces):
             if k == 'landmarks': meta[k] = move_points(v.reshape(-1, 5, 2), cfg.crop, self.size).astype(np.float32)
         return meta
 
-# %% ../nbs/03_realdata.ipynb 70
+# %% ../nbs/03_realdata.ipynb 71
 @dataclasses.dataclass
 class CelebAMaskHQConfig(RealConfig):
     celeba_root: str | None = None  # CelebA folder: splits and identities through the mapping file
@@ -615,10 +667,10 @@ class CelebAMaskHQConfig(RealConfig):
         if self.celeba_root is None and ('identity' in self.annotations or self.split != 'all'):
             raise ValueError(f"CelebAMask-HQ has identities and splits only through CelebA: set celeba_root (split={self.split!r}, annotations={self.annotations})")
 
-# %% ../nbs/03_realdata.ipynb 72
+# %% ../nbs/03_realdata.ipynb 73
 def mask_index(folder, problems: Problems) -> tuple:
-    "(image number -> bit set of its parts, image numbers with a bad part file) from a CelebAMask-HQ mask folder."
-    folder, parts, bad = Path(folder), {}, set()
+    "(image number -> bit set of its parts, image number -> the problems of its bad part files) from a CelebAMask-HQ mask folder."
+    folder, parts, bad = Path(folder), {}, {}
     with os.scandir(folder) as it: subs = sorted(e.name for e in it if e.is_dir() and re.fullmatch(r'\d{1,6}', e.name, re.ASCII))
     for sub in subs:
         with os.scandir(folder / sub) as it:
@@ -627,13 +679,13 @@ def mask_index(folder, problems: Problems) -> tuple:
                 if not m: continue
                 k, part = int(m.group(1)), m.group(2)
                 if part not in MASK_ID:
-                    problems(folder / sub / e.name, 0, f"unknown part {part!r}; parts: {list(MASK_PARTS)}"); bad.add(k); continue
+                    bad.setdefault(k, []).append(problems(folder / sub / e.name, 0, f"unknown part {part!r}; parts: {list(MASK_PARTS)}")); continue
                 if int(sub) != k // 2000:
-                    problems(folder / sub / e.name, 0, f"image {k}'s masks belong in folder {k // 2000}"); bad.add(k); continue
+                    bad.setdefault(k, []).append(problems(folder / sub / e.name, 0, f"image {k}'s masks belong in folder {k // 2000}")); continue
                 parts[k] = parts.get(k, 0) | (1 << (MASK_ID[part] - 1))
     return parts, bad
 
-# %% ../nbs/03_realdata.ipynb 73
+# %% ../nbs/03_realdata.ipynb 74
 class CelebAMaskHQ(RealFaces):
     "CelebAMask-HQ: image, 19-class mask, 40 attributes; with `celeba_root`, CelebA's identities and splits."
     name, Config, SPLITS = 'CelebAMask-HQ', CelebAMaskHQConfig, ('train', 'valid', 'test', 'all')
@@ -650,13 +702,13 @@ class CelebAMaskHQ(RealFaces):
         m = merge_masks(files, self.cfg.mask_size)
         return im, np.asarray(Image.fromarray(m).resize((self.size, self.size), Image.NEAREST))
 
-# %% ../nbs/03_realdata.ipynb 75
+# %% ../nbs/03_realdata.ipynb 76
 def _hq_tables(self):
     "The tables and mask index CelebAMask-HQ's config asks for (None where not asked for or missing and skipped)."
     cfg, pr, ann = self.cfg, self.problems, self.cfg.annotations
     croot = None if cfg.celeba_root is None else Path(cfg.celeba_root)
     t = {'attributes': optional_table(self.root / HQ_ATTR.name, HQ_ATTR, pr) if 'attributes' in ann else None,
-         'mapping': None, 'split': None, 'identity': None, 'parts': None, 'bad_masks': set()}
+         'mapping': None, 'split': None, 'identity': None, 'parts': None, 'bad_masks': {}}
     if cfg.split != 'all' or 'identity' in ann:
         t['mapping'] = optional_table(self.root / HQ_MAPPING.name, HQ_MAPPING, pr, required=cfg.split != 'all')
     if cfg.split != 'all': t['split'] = optional_table(croot / CELEBA_PARTITION.name, CELEBA_PARTITION, pr, required=True)
@@ -667,7 +719,7 @@ def _hq_tables(self):
         else: pr(self.root / self.MASKS, 0, "missing mask folder")
     return t
 
-# %% ../nbs/03_realdata.ipynb 76
+# %% ../nbs/03_realdata.ipynb 77
 def _hq_index(self):
     cfg, pr = self.cfg, self.problems
     present = numbered_files(self.root / 'CelebA-HQ-img', r'(\d{1,9})\.jpg', pr)
@@ -681,14 +733,13 @@ def _hq_index(self):
     celeba = {}                                          # CelebA table -> its row of each candidate (-1: none)
     if mapping is not None:
         mpos = mapping.lookup(keys)
-        keep = check_rows(keys, keep, {'mapping': (mapping, mpos)}, pr, '{}')
+        keep = check_rows(keys, keep, {'mapping': (mapping, mpos)}, pr, '{}', '{}.jpg')
         orig = np.where(mpos >= 0, mapping.values[mpos.clip(0), 2], -1)
         for name in ('split', 'identity'):
             if t[name] is None: continue
             pos = t[name].lookup(orig)
             for j in np.flatnonzero(keep & (pos < 0)):
-                if orig[j] not in t[name].bad_keys:
-                    pr(t[name].path, 0, f"no row for {orig[j]:06d}.jpg, the CelebA image of CelebA-HQ {keys[j]}.jpg ({mapping.where(keys[j])})")
+                no_row(pr, t[name], orig[j], f"{keys[j]}.jpg", f"no row for {orig[j]:06d}.jpg, the CelebA image of CelebA-HQ {keys[j]}.jpg ({mapping.where(keys[j])})")
                 keep[j] = False
             celeba[name] = pos
             if name == 'split':                         # the split's images only, from here on
@@ -699,8 +750,10 @@ def _hq_index(self):
     if parts is not None:
         for j in np.flatnonzero(keep):
             k = int(keys[j])
-            if k in t['bad_masks']: keep[j] = False
-            elif k not in parts: pr(self.root / self.MASKS / str(k // 2000), 0, f"no mask files {k:05d}_<part>.png for image {k}"); keep[j] = False
+            if k in t['bad_masks']:
+                s = t['bad_masks'][k][0]
+                pr.amend(s, dataclasses.replace(s, reason=f"{s.reason} (so {k}.jpg is left out)", item=f"{k}.jpg")); keep[j] = False
+            elif k not in parts: pr(self.root / self.MASKS / str(k // 2000), 0, f"no mask files {k:05d}_<part>.png for image {k}", item=f"{k}.jpg"); keep[j] = False
     meta = {'path': np.array([f'CelebA-HQ-img/{k}.jpg' for k in keys[keep]], dtype=object), 'key': keys[keep]}
     if parts is not None: meta['parts'] = np.array([parts[int(k)] for k in keys[keep]], dtype=np.int64)
     if t['attributes'] is not None:
@@ -709,7 +762,7 @@ def _hq_index(self):
     if t['identity'] is not None: meta['identity'] = t['identity'].values[celeba['identity'][keep], 1].astype(np.int64)
     return meta
 
-# %% ../nbs/03_realdata.ipynb 85
+# %% ../nbs/03_realdata.ipynb 86
 DATASETS = Registry('real data set')
 for _n, _c in (('celeba', CelebA), ('celebamask_hq', CelebAMaskHQ), ('ffhq', FFHQ), ('folder', ImageFolder)): DATASETS.register(_n)(_c)
 
@@ -717,7 +770,7 @@ def open_dataset(name: str, root, **kw) -> RealFaces:
     "The real data set `name` ('celeba', 'celebamask_hq', 'ffhq', 'folder') at `root`; `kw` are its config's fields."
     return DATASETS[name](root, **kw)
 
-# %% ../nbs/03_realdata.ipynb 88
+# %% ../nbs/03_realdata.ipynb 89
 DATA_CHOICES = ('synthfaces', 'celeba', 'celebamask_hq', 'ffhq', 'folder')
 
 class RealSubset(torch.utils.data.Subset):

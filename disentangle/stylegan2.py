@@ -4,22 +4,23 @@
 
 # %% ../nbs/06_stylegan2.ipynb 2
 from __future__ import annotations
-import dataclasses, io, math, pickle, zipfile
+import dataclasses, functools, io, math, pickle, reprlib
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .core import save_tensors, load_tensors
-from .engine import Method, load_state_strict
+from .core import save_tensors, load_tensors, CheckpointError, file_kind
+from .checkpoints import read_pickled, tensor_globals, canonical
+from .engine import Method, load_state_strict, build_checked
 
 # %% auto 0
 __all__ = ['ASSETS', 'make_kernel', 'upfirdn2d', 'fused_leaky_relu', 'FusedLeakyReLU', 'EqualLinear', 'EqualConv2d', 'Blur',
            'Upsample', 'ModulatedConv2d', 'NoiseInjection', 'ConstantInput', 'StyledConv', 'ToRGB', 'StyleGAN2Config',
            'PixelNorm', 'Generator', 'ConvLayer', 'ResBlock', 'minibatch_stddev', 'Discriminator', 'd_logistic_loss',
            'g_nonsaturating_loss', 'r1_penalty', 'path_length_penalty', 'GANConfig', 'ema_decay', 'GANState',
-           'StyleGAN2GAN', 'save_generator', 'Opaque', 'safe_load', 'load_generator', 'load_discriminator',
-           'export_rosinality', 'write_nvidia_layout', 'pretrained_generator']
+           'StyleGAN2GAN', 'save_generator', 'Opaque', 'generator_globals', 'safe_load', 'load_generator',
+           'load_discriminator', 'export_rosinality', 'write_nvidia_layout', 'pretrained_generator']
 
 # %% ../nbs/06_stylegan2.ipynb 5
 def make_kernel(k=(1, 3, 3, 1)) -> torch.Tensor:
@@ -414,10 +415,10 @@ def save_generator(G: Generator, path, **meta):
 
 def _load_ours(path):
     tensors, meta = load_tensors(path)
-    if meta.get('format') != 'disentangle.stylegan2': raise ValueError(f"{path}: not a disentangle StyleGAN2 file (metadata format {meta.get('format')!r})")
-    G = Generator(StyleGAN2Config(**meta['config']))
-    load_state_strict(G, tensors, str(path))
-    return G
+    if meta.get('format') != 'disentangle.stylegan2': raise CheckpointError(path, f"not a disentangle StyleGAN2 file (metadata format {meta.get('format')!r})")
+    try: cfg = StyleGAN2Config(**meta['config'])
+    except (KeyError, TypeError, ValueError) as e: raise CheckpointError(path, f"its config {reprlib.repr(meta.get('config'))} is not a StyleGAN2Config ({e})") from None
+    return build_checked(lambda: Generator(cfg), tensors, str(path))          # the config is checked against the tensors first
 
 # %% ../nbs/06_stylegan2.ipynb 39
 class Opaque:
@@ -432,58 +433,34 @@ class Opaque:
     def extend(self, vs): self.list.extend(vs)
     def __repr__(self): return f"Opaque({self.module}.{self.name})"
 
-_OPAQUE_ROOTS = ('torch_utils', 'dnnlib', 'training', 'legacy', 'argparse', 'numpy', 'torch', '__main__', 'model')
-_SAFE_BUILTINS = {'set', 'frozenset', 'slice', 'complex', 'bytearray', 'range', 'bool', 'int', 'float', 'str', 'bytes', 'list', 'dict', 'tuple'}
+_RECORD_ROOTS = ('torch_utils', 'dnnlib', 'training', 'legacy', 'argparse', 'numpy', 'torch.nn', '__main__', 'model')
 
-def _load_storage_bytes(b):                              # what torch.storage._load_from_bytes does, without code execution
-    return torch.load(io.BytesIO(b), map_location='cpu', weights_only=True)
+@functools.cache
+def _record(module, name): return type(name, (Opaque,), {'module': module, 'name': name})
 
-def _reconstructor(cls, base, state=None):               # copyreg._reconstructor for recorded classes only
+def _reconstructor(cls, base, state=None):               # copyreg._reconstructor, for recorded classes only
     if isinstance(cls, type) and issubclass(cls, Opaque): return cls()
-    raise pickle.UnpicklingError(f"refusing copyreg._reconstructor for {cls!r}")
+    raise TypeError(f"refusing copyreg._reconstructor for {cls!r}")
 
-class _Unpickler(pickle.Unpickler):
-    _real = {('collections', 'OrderedDict'): __import__('collections').OrderedDict,
-             ('torch._utils', '_rebuild_tensor_v2'): torch._utils._rebuild_tensor_v2,
-             ('torch._utils', '_rebuild_tensor'): torch._utils._rebuild_tensor,
-             ('torch._utils', '_rebuild_parameter'): torch._utils._rebuild_parameter,
-             ('torch.storage', '_load_from_bytes'): _load_storage_bytes,
-             ('torch', 'Size'): torch.Size, ('copyreg', '_reconstructor'): _reconstructor}
-    def __init__(self, f, where='checkpoint', **kw):
-        super().__init__(f, **kw); self.where = where
-    def find_class(self, module, name):
-        if (module, name) in self._real: return self._real[(module, name)]
-        if module == 'torch' and isinstance(getattr(torch, name, None), torch.dtype): return getattr(torch, name)
-        if module == 'builtins' and name in _SAFE_BUILTINS: return getattr(__import__('builtins'), name)
-        if module == 'copyreg' and name == '__newobj__': return lambda cls, *a: cls._new(*a) if issubclass(cls, Opaque) else _refuse(self.where, 'copyreg.__newobj__', cls)
-        if module.split('.')[0] in _OPAQUE_ROOTS:
-            return type(name, (Opaque,), {'module': module, 'name': name})
-        _refuse(self.where, f"{module}.{name}")
+def _newobj(cls, *args):                                 # copyreg.__newobj__, for recorded classes only
+    if isinstance(cls, type) and issubclass(cls, Opaque): return cls._new(*args)
+    raise TypeError(f"refusing copyreg.__newobj__ for {cls!r}")
 
-def _refuse(where, what, extra=''):
-    raise pickle.UnpicklingError(f"{where}: refusing to load global {what} {extra}: only tensors and plain data are read "
-                                 "from checkpoints (nothing in the file is executed)")
-
-def _load_pickle(f, **kw): return _Unpickler(f, **kw).load()
-
-class _RestrictedPickle:                                  # the `pickle_module` torch.load uses for its own formats
-    Unpickler, load, UnpicklingError = _Unpickler, staticmethod(_load_pickle), pickle.UnpicklingError
-    __name__ = 'disentangle.stylegan2._RestrictedPickle'
-
-_TORCH_LEGACY_MAGIC = pickle.dumps(0x1950a86a20f9469cfc6c, protocol=2)   # the first record of torch's pre-zip format
+def generator_globals(module: str, name: str):
+    "The allow-list of generator checkpoints: `checkpoints.tensor_globals`, and the classes of the generators' code bases as records."
+    obj = tensor_globals(module, name)
+    if obj is not None: return obj
+    module, name = canonical(module, name)
+    if module == 'copyreg' and name in ('_reconstructor', '__newobj__'): return _reconstructor if name == '_reconstructor' else _newobj
+    if (module, name) == ('builtins', 'object'): return object              # the base copyreg._reconstructor names
+    if any(module == r or module.startswith(r + '.') for r in _RECORD_ROOTS): return _record(module, name)
+    return None
 
 def safe_load(path):
-    "Read a checkpoint (torch zip or legacy file, or a plain pickle as NVIDIA writes) without executing code from it."
+    "Read a checkpoint (torch zip or legacy file, or a plain pickle as NVIDIA writes) without executing anything from it."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"no checkpoint at {path}")
-    with open(path, 'rb') as f: head = f.read(len(_TORCH_LEGACY_MAGIC))
-    try:
-        if zipfile.is_zipfile(path) or head == _TORCH_LEGACY_MAGIC:
-            return torch.load(path, map_location='cpu', weights_only=False, pickle_module=_RestrictedPickle)
-        with open(path, 'rb') as f: return _Unpickler(f, where=str(path)).load()
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        raise pickle.UnpicklingError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+    return read_pickled(path, generator_globals)
 
 # %% ../nbs/06_stylegan2.ipynb 43
 def _rgb_bias(name): return name.startswith('to_rgb') and name.endswith('.bias') and '.conv.' not in name
@@ -550,13 +527,9 @@ def _check_filters(state, names, cfg, where):
     bad = [n for n in names if state[n].shape != ref.shape or not torch.allclose(state[n].float(), ref, atol=1e-6)]
     if bad: raise ValueError(f"{where}: resampling filters {bad} differ from the [1,3,3,1] filter this implementation uses")
 
-def _fill(module, state_ours, where, skip=()):
-    "Load `state_ours` into `module`: our fixed filters are kept, everything else must be present and fit."
-    own = module.state_dict()
-    for n, t in own.items():
-        if n.endswith('.kernel') and n not in state_ours: state_ours[n] = t     # FIR filters are constants of the code
-    load_state_strict(module, state_ours, where)
-    return module
+def _fill(make, state_ours, where):
+    "`make()` loaded with `state_ours`: our fixed filters are kept, everything else must be present and fit (checked before anything is built)."
+    return build_checked(make, state_ours, where, defaults=('.kernel',))   # FIR filters are constants of the code
 
 def _from_rosinality(ck, where, which='g_ema'):
     if not isinstance(ck, dict) or which not in ck:
@@ -571,14 +544,11 @@ def _from_rosinality(ck, where, which='g_ema'):
     cfg = _infer_config(sg['style.1.weight'].shape[1], n_mlp, chans, where)
     state = dict(sg)
     if 'latent_avg' in ck: state['w_avg'] = ck['latent_avg'].reshape(-1).float()
-    G = Generator(cfg)
     w_avg_missing = 'w_avg' not in state
     if w_avg_missing: state['w_avg'] = torch.zeros(cfg.style_dim)
-    _fill(G, state, f"{where} ({which!r})")
+    G = _fill(lambda: Generator(cfg), state, f"{where} ({which!r})")
     if w_avg_missing: G.w_avg.copy_(G.mean_w())                          # training checkpoints carry no latent_avg
-    D = None
-    if 'd' in ck:
-        D = _fill(Discriminator(cfg), dict(ck['d']), f"{where} ('d')")
+    D = _fill(lambda: Discriminator(cfg), dict(ck['d']), f"{where} ('d')") if 'd' in ck else None
     return G, D
 
 # %% ../nbs/06_stylegan2.ipynb 47
@@ -604,9 +574,9 @@ def _from_nvidia_state(nv, cfg, names_fn, module_cls, where):
     unused = sorted(set(nv) - set(names) - set(filters))
     missing = sorted(set(names) - set(nv))
     if unused or missing: raise ValueError(f"{where}: NVIDIA keys not understood {unused}; expected keys missing {missing}")
-    m = module_cls(cfg); own = m.state_dict()
+    with torch.device('meta'): own = module_cls(cfg).state_dict()       # shapes only: nothing allocated yet
     state = {ours: nv[n].float().reshape(own[ours].shape) if nv[n].numel() == own[ours].numel() else nv[n] for n, ours in names.items()}
-    return _fill(m, state, where)
+    return _fill(lambda: module_cls(cfg), state, where)
 
 def _from_nvidia(ck, where, which='G_ema'):
     if not isinstance(ck, dict) or which not in ck:
@@ -639,12 +609,14 @@ def _conv_clamp(rec, path=('synthesis', 'b4', 'conv1')):
 def _read(path, which):
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"no generator checkpoint at {path}")
-    with open(path, 'rb') as f: head = f.read(8)
-    if path.suffix == '.safetensors' or (len(head) == 8 and not zipfile.is_zipfile(path) and head[:1] != b'\x80'):
-        return _load_ours(path), None
+    if file_kind(path) == 'safetensors': return _load_ours(path), None      # by content, whatever the name
     ck = safe_load(path)
-    if isinstance(ck, dict) and ('G_ema' in ck or 'G' in ck): return _from_nvidia(ck, str(path), which or 'G_ema')
-    return _from_rosinality(ck, str(path), which or 'g_ema')
+    try:
+        if isinstance(ck, dict) and ('G_ema' in ck or 'G' in ck): return _from_nvidia(ck, str(path), which or 'G_ema')
+        return _from_rosinality(ck, str(path), which or 'g_ema')
+    except Exception as e:
+        if str(path) in str(e): raise                                        # already says which file and what
+        raise CheckpointError(path, f"not a StyleGAN2 checkpoint of a layout this reader knows ({type(e).__name__}: {str(e)[:300]})") from None
 
 def load_generator(path, device='cpu', which=None) -> Generator:
     "A Generator from our .safetensors, a rosinality .pt (`which`: 'g_ema' or 'g') or an NVIDIA .pkl ('G_ema' or 'G')."

@@ -140,7 +140,7 @@ def test_celeba_missing_annotation_file(tmp_path):
     (root / "identity_CelebA.txt").unlink()
     with pytest.raises(rd.DataError, match="identity_CelebA.txt: missing annotation file"):
         rd.CelebA(root, size=16)
-    with pytest.warns(rd.BadDataWarning, match="skipped 1 bad item"):
+    with pytest.warns(rd.BadDataWarning, match=r"skipped 0 bad item\(s\), 4 images left; `.skipped` lists the 1 problem"):
         ds = rd.CelebA(root, size=16, skip_bad=True)
     assert "identity" not in ds[0] and "attributes" in ds[0]
     assert [(Path(s.path).name, s.line) for s in ds.skipped] == [("identity_CelebA.txt", 0)]
@@ -353,7 +353,7 @@ def test_fast_and_reference_parsers_agree(tmp_path):
             if fmt is rd.HQ_MAPPING: toks[2] = f"{abs(int(vals[1])) + 1:06d}.jpg"
             body.append((n + 3, (" " * g.integers(1, 4)).join(toks)))
         fast = rd._parse_fast(fmt, body)
-        ref, lines, bad = rd._parse_rows(Path("x"), fmt, body, rd.Problems())
+        ref, lines, bad, *_ = rd._parse_rows(Path("x"), fmt, body, rd.Problems())
         assert np.array_equal(fast, ref) and fast.dtype == ref.dtype and not bad
 
 

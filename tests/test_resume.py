@@ -84,8 +84,8 @@ def test_baselines_sigkill_resume_is_exact(tmp_path):
         run_experiment("baselines", {"steps": "200"}, experiments=EXPS, resume=run)
 
 
-ZERODIM = dict(datasets="shapes3d", train_size=1024, n_labels=200, epochs=12, amortization_epochs=4, synthesis_epochs=4, batch_size=64,
-               baseline_steps=60, n_eval=400, ckpt_minutes=0.01)
+ZERODIM = dict(datasets="shapes3d", train_size=1024, n_labels=200, epochs=8, amortization_epochs=3, synthesis_epochs=3, batch_size=64,
+               baseline_steps=40, n_eval=400, ckpt_minutes=0.01)
 
 
 def test_zerodim_sigkill_resume_is_exact(tmp_path):
