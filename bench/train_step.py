@@ -144,8 +144,11 @@ def worker(name, precision, threads, steps, warmup, device, flops):
                'seconds': statistics.median(times), 'seconds_min': min(times)}
         if flops:
             from torch.utils.flop_counter import FlopCounterMode
-            with FlopCounterMode(display=False) as fc: step()
-            out['flops'] = fc.get_total_flops()
+            try:
+                with FlopCounterMode(display=False) as fc: step()
+                out['flops'] = fc.get_total_flops()
+            except RuntimeError as e:   # the counter cannot follow a double backward (an R1 penalty): no count, said so
+                out['flops'], out['flops_error'] = None, str(e).splitlines()[0][:120]
         return out
 
 
@@ -189,6 +192,11 @@ def markdown(results: dict) -> str:
                 '', '| model | batch | GFLOP/step | precision | threads | ms/step | GFLOP/s | of fp32 peak | of bf16 peak |', '|---|---|---|---|---|---|---|---|---|']
         for r in results['steps']:
             prec = r['precision'] if r['precision'] == 'fp32' else 'fast (bf16)'
+            if 'error' in r:
+                out.append(f"| {r['model']} | | | {prec} | {r['threads']} | fails: {r['error'].split('; last good')[0]} | | | |"); continue
+            if not r.get('flops'):
+                out.append(f"| {r['model']} | {r['batch']} | not counted (double backward) | {prec} | {r['threads']} | {r['seconds'] * 1000:.1f} | - | - | - |")
+                continue
             out.append(f"| {r['model']} | {r['batch']} | {r['flops'] / 1e9:.2f} | {prec} | {r['threads']} | {r['seconds'] * 1000:.1f} | {r['gflops_per_s']:.1f} | "
                        f"{100 * r['of_fp32_peak']:.0f}% | {100 * r['of_bf16_peak']:.0f}% |")
     if 'vs' in results:
@@ -290,12 +298,21 @@ def main():
         for name in models:
             for p in precs:
                 for t in threads:
-                    r = run_worker(dict(kind='step', model=name, precision=p, threads=t, steps=a.steps, warmup=a.warmup, device=a.device, flops=True))
-                    r['gflops_per_s'] = r['flops'] / r['seconds'] / 1e9
-                    r['of_fp32_peak'] = r['gflops_per_s'] / peaks[t]['float32']; r['of_bf16_peak'] = r['gflops_per_s'] / peaks[t]['bfloat16']
+                    try: r = run_worker(dict(kind='step', model=name, precision=p, threads=t, steps=a.steps, warmup=a.warmup, device=a.device, flops=True))
+                    except RuntimeError as e:   # a model that cannot train so (e.g. a loss that overflows in bf16) is a finding, kept in the table
+                        why = [l for l in str(e).splitlines() if l.strip()][-1][:160]
+                        rows.append(dict(model=name, precision=p, threads=t, error=why)); print(f"{name:12s} {p:5s} {t} thread(s): fails: {why}", flush=True)
+                        continue
+                    if r['flops']:
+                        r['gflops_per_s'] = r['flops'] / r['seconds'] / 1e9
+                        r['of_fp32_peak'] = r['gflops_per_s'] / peaks[t]['float32']; r['of_bf16_peak'] = r['gflops_per_s'] / peaks[t]['bfloat16']
+                        counted = (f"{r['flops'] / 1e9:6.2f} GFLOP  {r['gflops_per_s']:6.1f} GFLOP/s  ({100 * r['of_fp32_peak']:.0f}% of fp32 peak, "
+                                   f"{100 * r['of_bf16_peak']:.0f}% of bf16)")
+                    else: counted = f"FLOPs not counted ({r['flops_error']})"
                     rows.append(r)
-                    print(f"{name:12s} {p:5s} {t} thread(s) batch {r['batch']:4d}: {r['seconds'] * 1000:8.1f} ms/step  {r['flops'] / 1e9:6.2f} GFLOP  "
-                          f"{r['gflops_per_s']:6.1f} GFLOP/s  ({100 * r['of_fp32_peak']:.0f}% of fp32 peak, {100 * r['of_bf16_peak']:.0f}% of bf16)", flush=True)
+                    print(f"{name:12s} {p:5s} {t} thread(s) batch {r['batch']:4d}: {r['seconds'] * 1000:8.1f} ms/step  {counted}", flush=True)
+                    results['steps'] = rows
+                    if a.json: Path(a.json).write_text(json.dumps(results, indent=1))   # as it goes: a failure keeps what was measured
         results['steps'] = rows
     if a.json: Path(a.json).write_text(json.dumps(results, indent=1))
 
