@@ -11,8 +11,9 @@ import disentangle
 
 # %% auto 0
 __all__ = ['ENV_VAR', 'UsageError', 'experiments_dir', 'experiment_info', 'list_experiments', 'format_experiments', 'parse_rule',
-           'check_value', 'make_notebook', 'coerce_param', 'resolve_params', 'new_run_dir', 'RunFailed', 'write_report',
-           'check_metrics', 'run_experiment', 'run_status', 'format_status', 'keep_run', 'main']
+           'check_value', 'make_notebook', 'coerce_param', 'resolve_params', 'new_run_dir', 'RunFailed',
+           'math_to_mathml', 'write_report', 'check_metrics', 'run_experiment', 'run_status', 'format_status',
+           'keep_run', 'main']
 
 # %% ../nbs/30_cli.ipynb 5
 ENV_VAR = "DISENTANGLE_EXPERIMENTS"
@@ -258,12 +259,34 @@ class RunFailed(RuntimeError):
     "An experiment ran but failed; `run_dir` holds what it left behind."
     def __init__(self, msg: str, run_dir: Path): super().__init__(msg); self.run_dir = run_dir
 
+_CODE = re.compile(r"(```.*?```|`[^`\n]*`)", re.S)
+_DISPLAY, _INLINE = re.compile(r"\$\$(.+?)\$\$", re.S), re.compile(r"(?<![\\$\w])\$(?=\S)([^$\n]+?)(?<=\S)\$(?![\w$])")
+
+def math_to_mathml(md: str) -> str:
+    "Markdown with its `$...$` and `$$...$$` rendered to MathML (not inside code), so that a page shows them with no script."
+    from latex2mathml.converter import convert
+    def render(tex, display):
+        try: return convert(tex.strip(), display='block' if display else 'inline')
+        except Exception: return f"<code>{tex.strip()}</code>"          # TeX that latex2mathml cannot read stays readable, not raw
+    parts = _CODE.split(md)
+    for k in range(0, len(parts), 2):                                       # even parts are outside code
+        t = _DISPLAY.sub(lambda m: render(m.group(1), True), parts[k])
+        parts[k] = _INLINE.sub(lambda m: render(m.group(1), False), t)
+    return "".join(parts)
+
+_REMOTE = [re.compile(p, re.S) for p in (r'<script[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>', r'<script type="text/x-mathjax-config">.*?</script>',
+                                         r'<script type="module">(?:(?!</script>).)*https?://(?:(?!</script>).)*</script>', r'<link[^>]*\bhref="https?://[^"]*"[^>]*>')]
+
 def write_report(nb_path: str | os.PathLike, html_path: str | os.PathLike) -> Path:
-    "Render the executed notebook at `nb_path` as HTML with the code cells' inputs hidden."
+    """Render the executed notebook at `nb_path` as HTML with the code cells' inputs hidden, for reading offline: math
+    rendered to MathML at build time, no script, style or font from the network, figures inlined."""
     from nbconvert import HTMLExporter
     nb = nbformat.read(nb_path, as_version=4)
+    for c in nb.cells:
+        if c.cell_type == "markdown": c.source = math_to_mathml(c.source)
     exp = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exp.from_notebook_node(nb, resources={"metadata": {"name": Path(nb_path).stem}})
+    for pat in _REMOTE: body = pat.sub("", body)
     html_path = Path(html_path); html_path.write_text(body, encoding="utf-8")
     return html_path
 

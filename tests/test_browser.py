@@ -98,3 +98,34 @@ def test_quickstart_explorer_in_jupyterlab(tmp_path):
         server.terminate()
         try: server.wait(20)
         except subprocess.TimeoutExpired: server.kill()
+
+
+def test_report_opens_offline(tmp_path):
+    "A run's report.html in headless Chromium with every request outside the file refused: nothing fails, the math is rendered, the figure loads."
+    gaps = [g for g in missing_pieces() if g != "jupyterlab"]
+    if gaps:
+        if os.environ.get("DISENTANGLE_BROWSER_TEST") == "required": pytest.fail(f"browser test: missing {gaps}")
+        pytest.skip(f"browser test: missing {gaps}")
+    from playwright.sync_api import sync_playwright
+    from disentangle.cli import make_notebook, run_experiment
+    make_notebook([("markdown", "# Offline\n\nThe loss $\\mathcal L = \\beta\\,\\mathrm{KL}(q \\| p)$ and\n$$z_k = W_k \\bar f_k + b_k$$\nnot `$code$`."),
+                   ("parameters", "n = 3"),
+                   ("code", "import matplotlib.pyplot as plt\nfrom disentangle.core import save_metrics\nplt.plot(range(n)); plt.title('a figure'); plt.show()\n"
+                            "save_metrics({'n': n}, 'metrics.json')")], tmp_path / "exp" / "offline.ipynb")
+    run = run_experiment("offline", out=tmp_path / "runs", experiments=tmp_path / "exp")
+    outside, failed = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(("file:", "data:")) else (outside.append(route.request.url), route.abort()))
+        page.on("requestfailed", lambda r: failed.append(r.url))
+        page.goto((run / "report.html").as_uri(), wait_until="load")
+        page.wait_for_timeout(500)
+        text = page.inner_text("body")
+        images = page.evaluate("[...document.images].map(i => i.complete && i.naturalWidth > 0)")
+        maths = page.evaluate("document.querySelectorAll('math').length")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert not outside and not failed, f"the report asked the network for {outside + failed}"
+    assert "$" not in text.replace("$code$", ""), "raw TeX in the report's visible text"
+    assert maths == 2 and images and all(images), (maths, images)
