@@ -13,7 +13,7 @@ from .core import Registry, save_tensors, load_tensors
 
 # %% auto 0
 __all__ = ['RECIPES', 'ZOO', 'MAX_BYTES', 'CARD_KEYS', 'Recipe', 'names', 'card', 'add_entry', 'load', 'verify',
-           'add_baseline_entries']
+           'add_baseline_entries', 'add_subspaces_entries']
 
 # %% ../nbs/20_zoo.ipynb 5
 @dataclasses.dataclass
@@ -160,4 +160,65 @@ def add_baseline_entries(run, zoo=None, check_n=2000, **facts) -> list[Path]:
         note = f"{steps:,} steps of batch {meta['config']['batch_size']}; disentanglement_lib trains 300,000 (x{steps / 300_000:.2f})"
         out.append(add_entry(f"{model_name}-{data}", model_name, data, 64, run, f"train/{data}-{model_name}", model, recipe, scores,
                              check=check, budget_note=note, zoo=zoo, **facts))
+    return out
+
+# %% ../nbs/20_zoo.ipynb 16
+class _QuantizedFaces(torch.utils.data.Dataset):
+    "A SynthFaces split rendered on demand through the uint8 rounding of its cache (the images a cached run trained on)."
+    def __init__(self, ds): self.ds = ds
+    def __len__(self): return len(self.ds)
+    def __getitems__(self, idx):
+        out = self.ds.__getitems__(idx)
+        q = ((out['image'] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return {**out, 'image': q.to(torch.float32).div_(127.5).sub_(1), 'mask': out['mask'].to(torch.uint8)}
+
+def _subspaces_build(r):
+    from disentangle.subspaces import SubspaceAE, SubspaceConfig
+    return SubspaceAE(SubspaceConfig(**r['config'])).eval()
+
+def _subspaces_faces(r, split):
+    from disentangle.synthfaces import SynthFaces
+    d = r['data']
+    if d['name'] != 'synthfaces': raise ValueError(f"recipe: method 1 replays SynthFaces only, not {d['name']!r}")
+    return _QuantizedFaces(SynthFaces(d['n_identities'], d['images_per_identity'], d['size'], d['seed'], split))
+
+def _subspaces_replay(r, steps, out_dir):
+    from disentangle.subspaces import SubspaceConfig, SubspaceMethod
+    from disentangle.engine import Engine, EngineConfig, ShardedBatches
+    torch.manual_seed(r['seed'])
+    eng = Engine(SubspaceMethod(SubspaceConfig(**r['config'])), ShardedBatches(_subspaces_faces(r, 'train'), r['batch'], seed=r['seed']),
+                 EngineConfig(steps=r['steps'], out_dir=out_dir, seed=r['seed'], device='cpu', precision=r['precision'], ckpt_every=10 ** 9,
+                              ckpt_minutes=0., stop_after=steps, progress=False, resume=False))
+    eng.fit()
+    return [json.loads(l) for l in open(Path(out_dir) / 'log.jsonl')]
+
+RECIPES['subspaces'] = Recipe(_subspaces_build, _subspaces_replay)
+
+def add_subspaces_entries(run, zoo=None, check_n=256, **facts) -> list[Path]:
+    "A zoo entry for every model trained in the finished subspaces run folder `run` (SynthFaces); `facts` override the card."
+    from disentangle.core import argmax_channels
+    from disentangle.subspaces import class_to_region
+    run = Path(run); metrics = json.loads((run / 'metrics.json').read_text())
+    out = []
+    for w in sorted(run.glob('model-*.safetensors')):
+        variant = w.stem[len('model-'):]
+        tensors, meta = load_tensors(w)
+        recipe = {k: meta[k] for k in ('config', 'data', 'batch', 'seed', 'steps', 'precision')}
+        if recipe['data']['name'] != 'synthfaces': continue                         # real photos: no factors to score the card with
+        model = RECIPES['subspaces'].build(recipe); model.load_state_dict(tensors)
+        test = _subspaces_faces(recipe, 'test')
+        T = test.__getitems__(np.linspace(0, len(test) - 1, min(check_n, len(test))).astype(int))
+        lut = class_to_region(recipe['config']['regions'])
+        def check(m):
+            with torch.no_grad(): o = m(T['image'])
+            mse = float(((o['image'].clamp(-1, 1) - T['image']) / 2).pow(2).mean())
+            return {'psnr': -10 * math.log10(max(mse, 1e-12)), 'mask_accuracy': float((argmax_channels(o['logits']) == lut[T['mask'].long()]).float().mean())}
+        prefix = f"{variant}."
+        scores = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix) and v is not None and not k.endswith('seconds')}
+        d = recipe['data']
+        name = '-'.join(['subspaces'] + ([] if variant == 'subspaces' else [variant]) + [d['name'], str(d['size'])])
+        note = (f"{recipe['steps']:,} steps of batch {recipe['batch']} on {d['n_identities'] * 0.8:.0f} SynthFaces people x {d['images_per_identity']} images "
+                f"(the paper trains on CelebA for an unstated budget)")
+        out.append(add_entry(name, 'subspaces', d['name'], d['size'], run, meta['training'], model, recipe, scores, check=check,
+                             budget_note=note, zoo=zoo, **facts))
     return out
