@@ -1465,6 +1465,7 @@ d = { 'settings': { 'branch': 'main',
                                  'disentangle.zoo.add_entry': ('zoo.html#add_entry', 'disentangle/zoo.py'),
                                  'disentangle.zoo.add_subspaces_entries': ('zoo.html#add_subspaces_entries', 'disentangle/zoo.py'),
                                  'disentangle.zoo.card': ('zoo.html#card', 'disentangle/zoo.py'),
+                                 'disentangle.zoo.held_out': ('zoo.html#held_out', 'disentangle/zoo.py'),
                                  'disentangle.zoo.load': ('zoo.html#load', 'disentangle/zoo.py'),
                                  'disentangle.zoo.names': ('zoo.html#names', 'disentangle/zoo.py'),
                                  'disentangle.zoo.verify': ('zoo.html#verify', 'disentangle/zoo.py')}}}

@@ -12,7 +12,7 @@ import disentangle
 from .core import Registry, save_tensors, load_tensors
 
 # %% auto 0
-__all__ = ['RECIPES', 'ZOO', 'MAX_BYTES', 'CARD_KEYS', 'Recipe', 'names', 'card', 'add_entry', 'load', 'verify',
+__all__ = ['RECIPES', 'ZOO', 'MAX_BYTES', 'CARD_KEYS', 'Recipe', 'names', 'card', 'add_entry', 'load', 'verify', 'held_out',
            'add_baseline_entries', 'add_subspaces_entries']
 
 # %% ../nbs/20_zoo.ipynb 5
@@ -21,6 +21,7 @@ class Recipe:
     build: callable            # recipe dict -> model (eval mode)
     replay: callable           # (recipe dict, steps, out_dir) -> the log rows of the first `steps` training steps
     state: callable = None     # model -> the state dict saved (default: model.state_dict())
+    held_out: callable = None  # recipe dict -> the data the entry is scored on, never trained on (a test split, or fresh ground-truth draws)
 
 RECIPES = Registry('zoo recipe')
 
@@ -42,7 +43,7 @@ def _baseline_replay(r, steps, out_dir):
     _, rows = train_baseline(BaselineConfig(**r['config']), _baseline_data(r), device='cpu', progress=False, out_dir=out_dir, stop_after=steps)
     return rows
 
-for _m in ('ae', 'beta_vae', 'beta_tcvae'): RECIPES[_m] = Recipe(_baseline_build, _baseline_replay)
+for _m in ('ae', 'beta_vae', 'beta_tcvae'): RECIPES[_m] = Recipe(_baseline_build, _baseline_replay, held_out=_baseline_data)
 
 # %% ../nbs/20_zoo.ipynb 7
 ZOO = Path(disentangle.__file__).parent / 'assets' / 'zoo'
@@ -133,6 +134,13 @@ def verify(name, steps=20, rtol=1e-3, zoo=None) -> bool:
                                      f"(relative difference {_relative(got.get(k, float('nan')), v):.2e} > {rtol})")
     return True
 
+def held_out(name, zoo=None):
+    "The held-out data entry `name` is scored on: its recipe's test split (method 1) or its ground-truth data set (baselines: fresh draws)."
+    c = card(name, zoo)
+    r = RECIPES[c['method']]
+    if r.held_out is None: raise ValueError(f"zoo entry {name!r}: the {c['method']} recipe names no held-out data")
+    return r.held_out(c['recipe'])
+
 # %% ../nbs/20_zoo.ipynb 11
 def add_baseline_entries(run, zoo=None, check_n=2000, **facts) -> list[Path]:
     "A zoo entry for every model trained in the finished baselines run folder `run`; `facts` override the card (e.g. `commit`)."
@@ -192,7 +200,7 @@ def _subspaces_replay(r, steps, out_dir):
     eng.fit()
     return [json.loads(l) for l in open(Path(out_dir) / 'log.jsonl')]
 
-RECIPES['subspaces'] = Recipe(_subspaces_build, _subspaces_replay)
+RECIPES['subspaces'] = Recipe(_subspaces_build, _subspaces_replay, held_out=lambda r: _subspaces_faces(r, 'test'))
 
 def add_subspaces_entries(run, zoo=None, check_n=256, **facts) -> list[Path]:
     "A zoo entry for every model trained in the finished subspaces run folder `run` (SynthFaces); `facts` override the card."

@@ -30,9 +30,23 @@ def test_baselines_tiny(tmp_path):
     assert "Locatello" in (run / "report.html").read_text()
 
 
+def tiny_zoo(root: Path) -> Path:
+    "A zoo made the way the real one is: entries from finished tiny runs of the baselines and subspaces experiments."
+    from disentangle import zoo
+    z = root / "zoo"
+    zoo.add_baseline_entries(run_experiment("baselines", dict(datasets="dsprites", models="beta_vae", steps=30, pool=256, metric_scale=0.002,
+                                                              metric_batch=8), out=root / "runs", experiments=EXPS), zoo=z, check_n=500)
+    zoo.add_subspaces_entries(run_experiment("subspaces", dict(steps=24, batch=8, n_identities=40, images_per_identity=4, n_codes=16,
+                                                               baseline_steps=0, ablations=""), out=root / "runs", experiments=EXPS), zoo=z)
+    return z
+
+
 def test_reproduce_tiny(tmp_path):
+    "The main job with tiny budgets; with train=zoo it scores the zoo's models (here a tiny zoo) and names them in the report."
+    z = tiny_zoo(tmp_path)
     run = run_experiment("reproduce", dict(size=32, n_grid=8, n_steps=3, n_frames=4, baseline_steps=4, baseline_metric_scale=0.002, subspaces_steps=3,
-                                                  zerodim_epochs=1, idmap_steps=2, semantics_samples=80, semantics_aug_steps=2, data_scale=0.05, threads=1),
+                                           zerodim_epochs=1, idmap_steps=2, semantics_samples=80, semantics_aug_steps=2, data_scale=0.05, threads=1,
+                                           train="zoo", zoo_dir=str(z), zoo_metric_n=200),
                          out=tmp_path, experiments=EXPS)
     m = json.loads((run / "metrics.json").read_text())
     assert m["eye_landmark_in_mask"] >= 0.5 and m["recomposition_mae"] < 1 / 255
@@ -51,6 +65,12 @@ def test_reproduce_tiny(tmp_path):
         line = next(l for l in table.splitlines() if l.startswith(f"| {row} |"))
         assert any(c.strip() not in ("", "-") for c in line.split("|")[2:-1]), line      # every row has numbers
     assert "Run time" in (run / "report.html").read_text() and m["seconds"] > 0
+    # the zoo's models were scored here, on held-out data, and the report says which model each row is
+    assert 0 <= m["zoo.beta_vae-dsprites.MIG"] <= 1 and 0 <= m["zoo.beta_vae-dsprites.DCI-D"] <= 1
+    assert "zoo `subspaces-synthfaces-64`: 24 steps" in next(l for l in table.splitlines() if l.startswith("| 1: independent subspaces |"))
+    assert "zoo `beta_vae-dsprites`: 30 steps" in next(l for l in table.splitlines() if l.startswith("| beta_vae-dsprites (zoo) |"))
+    assert "trained in this run: 4 steps" in next(l for l in table.splitlines() if l.startswith("| AE (baseline) |"))
+    assert "16 held-out faces" in (run / "reproduce.ipynb").read_text()       # method 1 on its recipe's test people (4 x 4 images)
 
 
 def test_baselines_on_a_folder_of_photos(tmp_path):
@@ -86,7 +106,7 @@ def test_reproduce_tours_a_real_set(tmp_path):
     root = synthfaces_as_celebamask_hq(tmp_path / "hq", n=20)
     run = run_experiment("reproduce", dict(data="celebamask_hq", data_root=str(root), size=32, n_grid=8, n_steps=3, n_frames=4, baseline_steps=2,
                                            baseline_metric_scale=0.002, subspaces_steps=2, zerodim_epochs=1, idmap_steps=2,
-                                           semantics_samples=80, semantics_aug_steps=2, data_scale=0.05, threads=1),
+                                           semantics_samples=80, semantics_aug_steps=2, data_scale=0.05, threads=1, train="smoke"),
                          out=tmp_path / "run", experiments=EXPS)
     m = json.loads((run / "metrics.json").read_text())
     assert m["data.held_out_images"] == 2 and (run / "data_celebamask_hq.png").exists()
