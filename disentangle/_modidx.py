@@ -1468,4 +1468,6 @@ d = { 'settings': { 'branch': 'main',
                                  'disentangle.zoo.held_out': ('zoo.html#held_out', 'disentangle/zoo.py'),
                                  'disentangle.zoo.load': ('zoo.html#load', 'disentangle/zoo.py'),
                                  'disentangle.zoo.names': ('zoo.html#names', 'disentangle/zoo.py'),
-                                 'disentangle.zoo.verify': ('zoo.html#verify', 'disentangle/zoo.py')}}}
+                                 'disentangle.zoo.table': ('zoo.html#table', 'disentangle/zoo.py'),
+                                 'disentangle.zoo.verify': ('zoo.html#verify', 'disentangle/zoo.py'),
+                                 'disentangle.zoo.write_table': ('zoo.html#write_table', 'disentangle/zoo.py')}}}

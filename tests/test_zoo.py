@@ -1,0 +1,43 @@
+"The shipped model zoo: complete cards, the data card's table generated from them, entries that load and replay their recipe."
+from __future__ import annotations
+import os
+from pathlib import Path
+
+import pytest
+
+from disentangle import zoo
+
+REPO = Path(__file__).resolve().parent.parent
+SLOW = os.environ.get("DISENTANGLE_SLOW") == "1"        # every entry's replay (minutes): `DISENTANGLE_SLOW=1 pytest tests/test_zoo.py`
+
+
+def test_data_card_zoo_table_is_generated_from_the_cards():
+    "data_card.md's zoo table is exactly `zoo.table()`: regenerate it with `zoo.write_table('data_card.md')`."
+    text = (REPO / "data_card.md").read_text()
+    block = text.split(zoo.TABLE_BEGIN, 1)[1].split(zoo.TABLE_END, 1)[0].strip("\n")
+    assert block == zoo.table(), "data_card.md's zoo table differs from the cards: run zoo.write_table('data_card.md')"
+
+
+def test_every_card_is_complete_and_every_entry_loads():
+    for name in zoo.names():
+        c = zoo.card(name)
+        assert not [k for k in zoo.CARD_KEYS if k not in c], name
+        assert c["command"].startswith("disentangle") and " run " in c["command"], (name, c["command"])
+        assert len(c["first_losses"]) == min(20, c["steps"]) and c["scores"], name
+        assert zoo._path(name).stat().st_size <= zoo.MAX_BYTES, name
+        model = zoo.load(name)
+        assert not model.training and sum(p.numel() for p in model.parameters()) > 0, name
+    assert sum(p.stat().st_size for p in zoo.ZOO.glob("*.safetensors")) <= 60_000_000     # the zoo at most 60 MB
+
+
+@pytest.mark.skipif(not zoo.names(), reason="the zoo has no entries")
+def test_verify_one_entry():
+    "The first 20 steps of the smallest entry's recipe, replayed from scratch, give its card's losses (1e-3 relative)."
+    name = min(zoo.names(), key=lambda n: (zoo.card(n)["method"] == "subspaces", zoo._path(n).stat().st_size))
+    assert zoo.verify(name)
+
+
+@pytest.mark.skipif(not SLOW, reason="slow: DISENTANGLE_SLOW=1 replays every entry")
+@pytest.mark.parametrize("name", zoo.names())
+def test_verify_every_entry(name):
+    assert zoo.verify(name)
