@@ -389,13 +389,15 @@ def landmark_nme(pred, gt, eyes=(0, 1)) -> float:
     if (iod <= 0).any(): raise ValueError(f"gt: {int((iod <= 0).sum())} faces have coincident eye landmarks (inter-ocular distance 0)")
     return float(((pred - gt).norm(dim=-1).mean(-1) / iod).mean())
 
-def edit_locality(before, after, mask) -> float:
-    "Share of the absolute change |after - before| (N, C, H, W) inside mask (N, H, W), averaged over the images that changed."
+def edit_locality(before, after, mask, per_image=False):
+    """Share of the absolute change |after - before| (N, C, H, W) inside mask (N, H, W), averaged over the images that
+    changed; `per_image`: the (N,) shares instead (NaN where an image did not change)."""
     if before.shape != after.shape or before.ndim != 4: raise ValueError(f"before/after must both be (N, C, H, W), got {tuple(before.shape)} and {tuple(after.shape)}")
     if mask.shape != (before.shape[0],) + before.shape[2:]: raise ValueError(f"mask: expected shape {(before.shape[0],) + tuple(before.shape[2:])}, got {tuple(mask.shape)}")
     d = (after.double() - before.double()).abs().sum(1)
     total, inside = d.flatten(1).sum(1), (d * mask.double()).flatten(1).sum(1)
     changed = total > 0
+    if per_image: return torch.where(changed, inside / total.clamp(min=1e-300), torch.full_like(total, float('nan')))
     if not changed.any(): raise ValueError("after: no image differs from before; locality is undefined")
     return float((inside[changed] / total[changed]).mean())
 

@@ -20,7 +20,8 @@ __all__ = ['REGION_SETS', 'region_names', 'class_to_region', 'region_labels', 'f
            'SubspaceAE', 'permute_blocks', 'TCDiscriminator', 'tc_estimate', 'disc_loss', 'region_weights',
            'subspace_losses', 'SubspaceMethod', 'swap_codes', 'Swapper', 'subspace_swapper', 'renderer_swapper',
            'swap_grid', 'interpolate', 'show_grid', 'swap_locality', 'transfer_r2', 'group_matrix', 'subspace_dci',
-           'subspace_mig', 'assign_dims', 'predict', 'target_masks', 'evaluate_swaps', 'evaluate_codes']
+           'subspace_mig', 'assign_dims', 'predict', 'target_masks', 'evaluate_swaps', 'swap_scores',
+           'bootstrap_compare', 'evaluate_codes']
 
 # %% ../nbs/11_subspaces.ipynb 5
 REGION_SETS = {
@@ -295,11 +296,12 @@ def show_grid(grid, title='', ax=None):
     return ax
 
 # %% ../nbs/11_subspaces.ipynb 23
-def swap_locality(before, after, mask_recipient, mask_donor, region, regions='paper', dilation=0) -> float:
-    "Share of |after - before| (N,3,H,W) inside region `region` (index) of either face's class mask (N,H,W), dilated by `dilation` px."
+def swap_locality(before, after, mask_recipient, mask_donor, region, regions='paper', dilation=0, per_image=False):
+    """Share of |after - before| (N,3,H,W) inside region `region` (index) of either face's class mask (N,H,W), dilated by
+    `dilation` px; `per_image`: the (N,) shares (NaN where a face did not change)."""
     inside = (region_labels(mask_recipient, regions) == region) | (region_labels(mask_donor, regions) == region)
     if dilation: inside = F.max_pool2d(inside.float().unsqueeze(1), 2 * dilation + 1, 1, dilation)[:, 0] > 0
-    return metrics.edit_locality(before, after, inside)
+    return metrics.edit_locality(before, after, inside, per_image)
 
 def transfer_r2(pred, donor, recipient, cols) -> dict:
     "R^2 of predictions (N, F) for the donor's factors (N, F) in columns `cols` and for the recipient's in all the others."
@@ -354,13 +356,15 @@ def target_masks(recipient_factors, donor_factors, regions='paper', size=64, chu
 
 @torch.no_grad()
 def evaluate_swaps(sw: Swapper, recipients: dict, donors: dict, regressor, regions='paper', dilation=0, scored=None, chunk=256,
-                   targets=None, references=None) -> dict:
+                   targets=None, references=None, parts=False):
     """Swap each region from donors into recipients (batch dicts with image, mask, factors); metrics and the swapped images.
     `scored`: the factor indices the transfer R^2 reads (default all). `targets`: region name -> class masks (N,H,W) of
     the faces each swap should produce (`target_masks`); without them locality uses the donors' masks. `references`:
     more factor sets to score the same swaps against, suffix -> (recipient factors, donor factors, scored or None);
     their keys end in the suffix. Real faces have no factors: with `regressor=None` (or no 'factors' in the dicts and
-    no `references`) only locality, PSNR and SSIM are measured."""
+    no `references`) only locality, PSNR and SSIM are measured. `parts`: a fourth result, the per-face pieces of the
+    main scores (region -> per-face locality, the judge's readings, both faces' factors, the region's columns), from
+    which `swap_scores` recomputes them on any subset of the faces (the bootstrap of `bootstrap_compare`)."""
     enc = lambda x: torch.cat([sw.encode(x[i:i + chunk]) for i in range(0, len(x), chunk)])
     dec = lambda c: torch.cat([sw.decode(c[i:i + chunk]) for i in range(0, len(c), chunk)])
     cr, cd = enc(recipients['image']), enc(donors['image'])
@@ -377,19 +381,54 @@ def evaluate_swaps(sw: Swapper, recipients: dict, donors: dict, regressor, regio
         groups = {n: [pos[j] for j in v if j in pos] for n, v in fgroups.items()}     # columns among the scored
         refs[sfx] = (fr[:, cols], fd[:, cols], cols, groups)
         out[f'r2_reconstruction{sfx}'] = float(r2_scores(pred_rec[:, cols], refs[sfx][0]).mean())
-    swapped = {}
+    swapped, pieces = {}, {}
     for k, name in enumerate(sw.names):
         x = dec(swap_codes(cr, cd, sw.groups[k])); swapped[name] = x
         after = targets[name] if targets is not None else donors['mask']
-        out[f'{name}.locality'] = swap_locality(rec, x, recipients['mask'], after, k, regions, dilation) if (x != rec).any() else float('nan')
+        loc = swap_locality(rec, x, recipients['mask'], after, k, regions, dilation, per_image=True)
+        out[f'{name}.locality'] = float(loc[~loc.isnan()].mean()) if (~loc.isnan()).any() else float('nan')
         pred = predict(regressor, x) if refs else None                                  # read once, scored against every reference
+        pieces[name] = {'locality': loc}
+        if '' in refs: pieces[name].update(pred=pred[:, refs[''][2]], donor=refs[''][1], recipient=refs[''][0], cols=refs[''][3][name])
         for sfx, (fr, fd, cols, groups) in refs.items():
             t = transfer_r2(pred[:, cols], fd, fr, groups[name])
             out[f'{name}.donor_r2{sfx}'] = float(t['donor'].mean()) if len(t['donor']) else float('nan')
             out[f'{name}.kept_r2{sfx}'] = float(t['kept'].mean())
     for key in ['locality'] + [f'{r}_r2{sfx}' for sfx in refs for r in ('donor', 'kept')]:   # means over regions
         out[key] = float(np.nanmean([out[f'{n}.{key}'] for n in sw.names]))
-    return out, swapped, rec
+    return (out, swapped, rec, pieces) if parts else (out, swapped, rec)
+
+def swap_scores(pieces: dict, idx=None) -> dict:
+    "locality, donor_r2 and kept_r2 (means over regions) of the faces `idx` (default all) from `evaluate_swaps(..., parts=True)`'s pieces."
+    loc, don, kept = [], [], []
+    for p in pieces.values():
+        l = p['locality'] if idx is None else p['locality'][idx]
+        loc.append(float(l[~l.isnan()].mean()) if (~l.isnan()).any() else float('nan'))
+        if 'pred' in p:
+            sel = (lambda t: t) if idx is None else (lambda t: t[idx])
+            t = transfer_r2(sel(p['pred']), sel(p['donor']), sel(p['recipient']), p['cols'])
+            don.append(float(t['donor'].mean()) if len(t['donor']) else float('nan')); kept.append(float(t['kept'].mean()))
+    out = {'locality': float(np.nanmean(loc))}
+    if don: out.update(donor_r2=float(np.nanmean(don)), kept_r2=float(np.nanmean(kept)))
+    return out
+
+def bootstrap_compare(a: dict, b: dict, n=1000, seed=0, level=0.95) -> dict:
+    """Paired bootstrap over the faces of the difference a - b of every `swap_scores` key (a, b: the pieces of two
+    swappers on the same recipients and donors): key -> dict(diff, lo, hi, verdict). The verdict is 'beats' when the
+    interval lies above zero, 'loses' when below, 'ties' when it holds zero."""
+    N = len(next(iter(a.values()))['locality'])
+    rng = np.random.default_rng(seed)
+    sa, sb = swap_scores(a), swap_scores(b)
+    draws = {k: [] for k in sa if k in sb}
+    for _ in range(n):
+        idx = torch.from_numpy(rng.integers(0, N, N))
+        ra, rb = swap_scores(a, idx), swap_scores(b, idx)
+        for k in draws: draws[k].append(ra[k] - rb[k])
+    out = {}
+    for k, d in draws.items():
+        lo, hi = np.nanquantile(d, [(1 - level) / 2, (1 + level) / 2])
+        out[k] = dict(diff=sa[k] - sb[k], lo=float(lo), hi=float(hi), verdict='beats' if lo > 0 else 'loses' if hi < 0 else 'ties')
+    return out
 
 @torch.no_grad()
 def evaluate_codes(sw: Swapper, data: dict, train_frac=0.8, regions='paper', seed=0, chunk=256) -> dict:

@@ -105,7 +105,8 @@ def test_subspaces_experiment_tiny(tmp_path):
     "The experiment runs end to end with tiny parameters: the method, both ablations, the beta-VAE and the renderer's ceiling."
     from disentangle.cli import run_experiment
     exps = Path(__file__).resolve().parent.parent / "nbs" / "experiments"
-    params = dict(steps=4, batch=8, n_identities=40, images_per_identity=4, n_codes=16, baseline_steps=4, cache_dir=str(tmp_path / "cache"))
+    params = dict(steps=4, batch=8, n_identities=40, images_per_identity=4, n_codes=16, baseline_steps=4, n_boot=50,
+                  cache_dir=str(tmp_path / "cache"))
     run = run_experiment("subspaces", params, out=tmp_path, experiments=exps)
     m = json.loads((run / "metrics.json").read_text())
     for name in ("subspaces", "no_mask", "no_independence", "beta_vae", "renderer"):
@@ -113,6 +114,11 @@ def test_subspaces_experiment_tiny(tmp_path):
         assert np.isfinite(m[f"{name}.kept_r2"]) and np.isfinite(m[f"{name}.fid_swapped"]), name
     assert m["renderer.locality"] > 0.95 and m["renderer.kept_r2"] > m["subspaces.kept_r2"]   # the ceiling, even on 16 faces
     assert all(f"accept.{k}.threshold" in m for k in ("locality", "donor_r2", "kept_r2"))
+    for o in ("no_mask", "no_independence", "beta_vae"):                 # every "beats" rests on a paired interval around the difference
+        for k in ("locality", "donor_r2", "kept_r2"):
+            d, lo, hi = (m[f"compare.{k}.subspaces-{o}.{q}"] for q in ("diff", "lo", "hi"))
+            assert (lo <= hi and np.isfinite(d)) or np.isnan(d), (o, k, d, lo, hi)
+    assert not m["accept.locality.beats_others"] or all(m[f"compare.locality.subspaces-{o}.lo"] > 0 for o in ("no_mask", "no_independence", "beta_vae"))
     assert all(np.isfinite(m[f"subspaces.{k}"]) for k in ("donor_r2_true", "kept_r2_true_all_factors", "r2_reconstruction_true"))
     assert {p.name for p in run.glob("*.png")} >= {"swaps-subspaces.png", "swaps-renderer.png", "interpolation.png", "masks.png", "losses.png"}
 
