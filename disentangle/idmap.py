@@ -265,8 +265,8 @@ class IDMapTraining(Method):
 
 # %% ../nbs/15_idmap.ipynb 24
 def train_idmap(cfg: IDMapConfig, data: GeneratedFaces, G, E_id, landmarks=None, out_dir='idmap', device='auto',
-                precision='auto', progress=True, log_every=50, ckpt_every=500, ckpt_minutes=10.) -> IDDisentangler:
-    "Train E_attr and M (and D_W) on `data`; returns the model in eval mode, on the training device."
+                precision='auto', progress=True, log_every=50, ckpt_every=500, ckpt_minutes=10., stop_after=0) -> IDDisentangler:
+    "Train E_attr and M (and D_W) on `data`; returns the model in eval mode, on the training device. `stop_after`: leave after that many steps (`zoo.verify`)."
     cfg = dataclasses.replace(cfg, w_dim=G.cfg.style_dim, id_dim=data.z_id.shape[1])
     if cfg.lambda_landmarks and (landmarks is None or data.landmarks is None):
         raise ValueError("lambda_landmarks > 0 needs a landmark net and a data set made with it; pass landmarks= or set lambda_landmarks=0")
@@ -274,7 +274,8 @@ def train_idmap(cfg: IDMapConfig, data: GeneratedFaces, G, E_id, landmarks=None,
     model = IDDisentangler(cfg, G, E_id)
     meth = IDMapTraining(model, landmarks)
     ecfg = EngineConfig(steps=cfg.steps, out_dir=str(out_dir), seed=cfg.seed, device=device, precision=precision, ema_decay=0.,
-                        log_every=log_every, ckpt_every=ckpt_every, ckpt_minutes=ckpt_minutes, keep=1, progress=progress, name='idmap')
+                        log_every=log_every, ckpt_every=ckpt_every, ckpt_minutes=ckpt_minutes, keep=1, progress=progress, name='idmap',
+                        stop_after=stop_after)
     eng = Engine(meth, SwapBatches(data, cfg.batch_size, cfg.seed, cfg.cross_every), ecfg).fit()
     return model.to(eng.device).eval()
 
@@ -373,11 +374,12 @@ class WRegression(Method):
         return {'loss': F.mse_loss(engine['E_W'](b['image']), b['w'])}
 
 def train_w_encoder(data: GeneratedFaces, w_dim, steps=1000, batch_size=64, lr=1e-3, seed=0, init='factors', out_dir='w_encoder',
-                    device='auto', progress=True, ckpt_minutes=10.) -> WEncoder:
+                    device='auto', progress=True, ckpt_minutes=10., stop_after=0) -> WEncoder:
     "E_W fitted to the generated set's (image, w) pairs by mean squared error."
     seed_everything(seed); E = WEncoder(w_dim, init=init)
     ecfg = EngineConfig(steps=steps, out_dir=str(out_dir), seed=seed, device=device, precision='fp32', ema_decay=0., log_every=50,
-                        ckpt_every=max(steps, 1), ckpt_minutes=ckpt_minutes, keep=1, progress=progress, name='W encoder')
+                        ckpt_every=max(steps, 1), ckpt_minutes=ckpt_minutes, keep=1, progress=progress, name='W encoder',
+                        stop_after=stop_after)
     eng = Engine(WRegression(E, lr), ShardedBatches(data, batch_size, seed), ecfg).fit()
     return E.to(eng.device).eval()
 

@@ -13,8 +13,8 @@ from .core import Registry, save_tensors, load_tensors
 
 # %% auto 0
 __all__ = ['RECIPES', 'ZOO', 'MAX_BYTES', 'CARD_KEYS', 'HEADLINES', 'TABLE_BEGIN', 'TABLE_END', 'Recipe', 'names', 'card',
-           'add_entry', 'load', 'verify', 'held_out', 'add_baseline_entries', 'add_subspaces_entries', 'table',
-           'write_table']
+           'add_entry', 'load', 'verify', 'held_out', 'add_baseline_entries', 'add_subspaces_entries',
+           'add_idmap_entries', 'table', 'write_table']
 
 # %% ../nbs/20_zoo.ipynb 5
 @dataclasses.dataclass
@@ -80,6 +80,16 @@ def _run_facts(run: Path, training: str) -> dict:
     return dict(command=state['command'], commit=state.get('commit'), torch=state.get('torch'), threads=state.get('threads'),
                 hardware=state.get('hardware'), steps=prog['step'], seconds=prog['seconds'], precision=prog.get('precision'), first_losses=first)
 
+def _load_saved(model, tensors, method, where):
+    "Load the saved `tensors` into `model`: exactly the keys its recipe's `state` saves (frozen parts it builds itself are not stored)."
+    r = RECIPES[method]
+    own = r.state(model) if r.state else model.state_dict()
+    bad = sorted(set(own) ^ set(tensors))
+    if bad: raise ValueError(f"{where}: keys {bad[:8]} do not fit the {method} model its recipe builds")
+    full = model.state_dict()
+    model.load_state_dict({k: v.to(full[k].dtype) for k, v in tensors.items()}, strict=r.state is None)
+    return model
+
 def _relative(a, b) -> float: return abs(a - b) / max(abs(a), abs(b), 1e-12)
 
 def add_entry(name, method, data, size, run, training, model, recipe, scores, check=None, half=True, budget_note='',
@@ -92,8 +102,8 @@ def add_entry(name, method, data, size, run, training, model, recipe, scores, ch
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     if half and check is not None:
         full = check(model)
-        halved = RECIPES[method].build(recipe)
-        halved.load_state_dict({k: v.half().to(v.dtype) if v.is_floating_point() else v for k, v in tensors.items()})
+        halved = _load_saved(RECIPES[method].build(recipe), {k: v.half().to(v.dtype) if v.is_floating_point() else v for k, v in tensors.items()},
+                             method, name)
         low = check(halved)
         worst = max((_relative(full[k], low[k]) for k in full if math.isfinite(full[k]) and math.isfinite(low[k])), default=0.)
         c['half_check'] = dict(fp32=full, fp16=low, worst_relative=worst)
@@ -113,10 +123,7 @@ def load(name, device='cpu', zoo=None):
     c = card(name, zoo)
     model = RECIPES[c['method']].build(c['recipe'])
     tensors, _ = load_tensors(_path(name, zoo))
-    own = model.state_dict()
-    bad = sorted(set(own) ^ set(tensors))
-    if bad: raise ValueError(f"{_path(name, zoo)}: keys {bad[:8]} do not fit the {c['method']} model its recipe builds")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
+    _load_saved(model, tensors, c['method'], _path(name, zoo))
     return model.to(device).eval()
 
 def verify(name, steps=20, rtol=1e-3, zoo=None) -> bool:
@@ -239,9 +246,109 @@ def add_subspaces_entries(run, zoo=None, check_n=256, **facts) -> list[Path]:
     return out
 
 # %% ../nbs/20_zoo.ipynb 20
+def _idmap_parts(r, landmarks=False):
+    "The frozen networks of an idmap recipe: G, E_id and (with `landmarks`) the landmark net of its training set."
+    from disentangle import idmap as I, perception as P
+    from disentangle.stylegan2 import pretrained_generator, load_generator
+    G = (pretrained_generator() if r['generator'] == 'bundled' else load_generator(r['generator'])).eval()
+    L = P.load_pretrained(r['landmark_net']) if landmarks and r['landmark_net'] else None
+    return G, I.identity_net(r['id_net']), L
+
+def _idmap_faces(r, n, seed):
+    "`n` faces generated as the run generated them (seed `seed`), with the frozen networks."
+    from disentangle.idmap import GeneratedFaces
+    G, E_id, L = _idmap_parts(r, landmarks=True)
+    return GeneratedFaces(G, n, E_id, L, psi=r['psi'], seed=seed, progress=False), G, E_id, L
+
+def _idmap_config(r):
+    from disentangle.core import from_dict
+    from disentangle.idmap import IDMapConfig
+    return from_dict(IDMapConfig, {k: tuple(v) if isinstance(v, list) else v for k, v in r['config'].items()}, where='idmap recipe config')
+
+def _idmap_build(r):
+    from disentangle.idmap import IDDisentangler
+    G, E_id, _ = _idmap_parts(r)
+    cfg = _idmap_config(r)
+    model = IDDisentangler(dataclasses.replace(cfg, attr_init='scratch'), G, E_id)   # the weights follow: no init net needed
+    model.cfg = cfg
+    return model.eval()
+
+def _idmap_replay(r, steps, out_dir):
+    from disentangle.idmap import train_idmap
+    data, G, E_id, L = _idmap_faces(r, r['n_train'], r['seed'])
+    train_idmap(_idmap_config(r), data, G, E_id, L, out_dir=out_dir, device='cpu', precision=r['precision'], progress=False,
+                ckpt_every=10 ** 9, ckpt_minutes=0., stop_after=steps)
+    return [json.loads(l) for l in open(Path(out_dir) / 'log.jsonl')]
+
+def _idmap_state(m): return {f'{part}.{k}': v for part in ('E_attr', 'M') for k, v in getattr(m, part).state_dict().items()}
+def _idmap_held_out(r): return _idmap_faces(r, 2 * r['n_eval'], r['seed'] + 10_000)[0]
+
+def _w_encoder_build(r):
+    from disentangle.idmap import WEncoder
+    return WEncoder(r['w_dim'], init='scratch').eval()
+
+def _w_encoder_replay(r, steps, out_dir):
+    from disentangle.idmap import train_w_encoder
+    data = _idmap_faces(r, r['n_train'], r['seed'])[0]
+    train_w_encoder(data, r['w_dim'], steps=r['steps'], batch_size=r['batch_size'], lr=r['lr'], seed=r['seed'], init=r['init'],
+                    out_dir=out_dir, device='cpu', progress=False, ckpt_minutes=0., stop_after=steps)
+    return [json.loads(l) for l in open(Path(out_dir) / 'log.jsonl')]
+
+RECIPES['idmap'] = Recipe(_idmap_build, _idmap_replay, state=_idmap_state, held_out=_idmap_held_out)
+RECIPES['w_encoder'] = Recipe(_w_encoder_build, _w_encoder_replay, held_out=_idmap_held_out)
+
+def add_idmap_entries(run, zoo=None, check_n=64, **facts) -> list[Path]:
+    "Zoo entries for the models of the finished idmap run folder `run`: the method, each ablation and the W-encoder baseline."
+    from disentangle.engine import load_checkpoint
+    run = Path(run); params = json.loads((run / 'params.json').read_text()); metrics = json.loads((run / 'metrics.json').read_text())
+    base = dict(generator=params['generator'], id_net=params['id_net'], landmark_net=params['landmark_net'], n_train=int(params['n_train']),
+                psi=float(params['psi']), seed=int(params['seed']), n_eval=int(params['n_eval']))
+    held = _idmap_held_out(base)
+    pairs = held.__getitems__(list(range(2 * min(check_n, base['n_eval']))))
+    x_id, x_attr = pairs['image'].chunk(2)
+    w_true = held.w[len(x_id):2 * len(x_id)]
+    def check(m):
+        with torch.no_grad():
+            out = m(x_id, x_attr).float().clamp(-1, 1)
+            sim = (m.E_id(out) * m.E_id(x_id)).sum(1).mean()
+        return {'id_similarity_by_E_id': float(sim), 'distance_to_attr': float((out - x_attr).abs().mean())}
+    def check_w(m):
+        with torch.no_grad(): return {'w_relative_error': float((m(x_attr) - w_true).pow(2).mean() / held.w.var(0).mean())}
+    pick = lambda prefix: {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix) and v is not None}
+    data, size = params['data'], int(_idmap_parts(base)[0].cfg.size)
+    train_dir = run / params['train_dir']
+    out = []
+    for w in sorted(run.glob('idmap-*.safetensors')):
+        variant = w.stem[len('idmap-'):]
+        tensors, meta = load_tensors(w)
+        prog = json.loads((train_dir / variant / 'progress.json').read_text())
+        recipe = dict(base, config=meta['config'], precision=prog.get('precision') or 'auto')
+        model = _load_saved(_idmap_build(recipe), tensors, 'idmap', w)
+        c = meta['config']
+        note = (f"{c['steps']:,} steps of batch {c['batch_size']} on {base['n_train']:,} generated faces at {size} px "
+                f"(official: 70,000 generated faces at 256 px, lr 5e-5)")
+        name = '-'.join(['idmap'] + ([] if variant == 'full' else [variant]) + [data, str(size)])
+        out.append(add_entry(name, 'idmap', data, size, run, f"{params['train_dir']}/{variant}", model, recipe, pick(f"{variant}."),
+                             check=check, budget_note=note, zoo=zoo, **facts))
+    ckpts = sorted((train_dir / 'w_encoder').glob('ckpt-*.pt'), key=lambda p: int(p.stem.split('-')[1]))
+    if ckpts:
+        steps = int(params['w_encoder_steps'])
+        recipe = dict(base, w_dim=int(held.w.shape[1]), init=params['attr_init'], steps=steps, batch_size=64, lr=1e-3)
+        E_W = _load_saved(_w_encoder_build(recipe), load_checkpoint(ckpts[-1])['modules']['E_W'], 'w_encoder', ckpts[-1])
+        scores = {f'halves.{k}': v for k, v in pick('baseline_halves.').items()} | {f'layers.{k}': v for k, v in pick('baseline_layers.').items()}
+        scores['w_relative_error'] = metrics['w_encoder_relative_error']
+        note = f"{steps:,} steps of batch 64 on the same {base['n_train']:,} generated faces (the baseline without disentanglement training)"
+        out.append(add_entry(f"w_encoder-{data}-{size}", 'w_encoder', data, size, run, f"{params['train_dir']}/w_encoder", E_W, recipe, scores,
+                             check=check_w, budget_note=note, zoo=zoo, **facts))
+    return out
+
+
+# %% ../nbs/20_zoo.ipynb 24
 HEADLINES = {'ae': ('mig.discrete_mig', 'dci.disentanglement', 'sap.SAP_score'), 'beta_vae': ('mig.discrete_mig', 'dci.disentanglement', 'sap.SAP_score'),
              'beta_tcvae': ('mig.discrete_mig', 'dci.disentanglement', 'sap.SAP_score'),
-             'subspaces': ('locality', 'donor_r2', 'kept_r2', 'psnr')}
+             'subspaces': ('locality', 'donor_r2', 'kept_r2', 'psnr'),
+             'idmap': ('id_similarity', 'attribute_error', 'landmark_nme', 'fid'),
+             'w_encoder': ('halves.id_similarity', 'halves.attribute_error', 'layers.id_similarity', 'layers.attribute_error')}
 TABLE_BEGIN = '<!-- zoo table: generated by disentangle.zoo.write_table(); do not edit by hand -->'
 TABLE_END = '<!-- end of the zoo table -->'
 

@@ -32,8 +32,9 @@ def test_every_card_is_complete_and_every_entry_loads():
 
 @pytest.mark.skipif(not zoo.names(), reason="the zoo has no entries")
 def test_verify_one_entry():
-    "The first 20 steps of the smallest entry's recipe, replayed from scratch, give its card's losses (1e-3 relative)."
-    name = min(zoo.names(), key=lambda n: (zoo.card(n)["method"] == "subspaces", zoo._path(n).stat().st_size))
+    "The first 20 steps of the cheapest entry's recipe, replayed from scratch, give its card's losses (1e-3 relative)."
+    cost = {"ae": 0, "beta_vae": 0, "beta_tcvae": 0, "subspaces": 1}     # the others draw their whole training set again (minutes)
+    name = min(zoo.names(), key=lambda n: (cost.get(zoo.card(n)["method"], 2), zoo._path(n).stat().st_size))
     assert zoo.verify(name)
 
 
