@@ -361,11 +361,13 @@ def synthfaces_batches(batch: int = 16, seed: int = 0):
     return fn
 
 def train_photogeo(cfg: PhotoGeoConfig = PhotoGeoConfig(), steps: int = 4000, batches=None, out_dir='photogeo', seed: int = 0,
-                   features='factors', progress: bool = True, **engine_kw) -> PhotoGeo:
-    "Train a decomposer on `batches` (default: fresh SynthFaces renders, batch 16); returns the EMA model (eval mode)."
-    from disentangle.engine import Engine, EngineConfig
+                   features='factors', progress: bool = True, init: PhotoGeo | None = None, **engine_kw) -> PhotoGeo:
+    """Train a decomposer on `batches` (default: fresh SynthFaces renders, batch 16); returns the EMA model (eval mode).
+    `init`: a decomposer of the same architecture to start from (its weights are copied; it is not changed)."""
+    from disentangle.engine import Engine, EngineConfig, load_state_strict
     feats = perceptual_net(features) if isinstance(features, str) else features
     meth = PhotoGeoMethod(cfg, feats)
+    if init is not None: load_state_strict(meth.model, init.state_dict(), 'train_photogeo(init=...)')
     engine_kw.setdefault('ema_decay', min(0.999, 1 - 4 / max(steps, 4)))     # short runs: the EMA forgets the random start
     eng = Engine(meth, batches or synthfaces_batches(16, seed),
                  EngineConfig(steps=steps, out_dir=str(out_dir), seed=seed, progress=progress, **engine_kw)).fit()

@@ -14,7 +14,7 @@ from .core import Registry, save_tensors, load_tensors
 # %% auto 0
 __all__ = ['RECIPES', 'ZOO', 'MAX_BYTES', 'CARD_KEYS', 'HEADLINES', 'TABLE_BEGIN', 'TABLE_END', 'Recipe', 'names', 'card',
            'add_entry', 'load', 'verify', 'held_out', 'add_baseline_entries', 'add_subspaces_entries',
-           'add_idmap_entries', 'table', 'write_table']
+           'add_idmap_entries', 'SemanticsModel', 'add_semantics_entries', 'table', 'write_table']
 
 # %% ../nbs/20_zoo.ipynb 5
 @dataclasses.dataclass
@@ -344,11 +344,80 @@ def add_idmap_entries(run, zoo=None, check_n=64, **facts) -> list[Path]:
 
 
 # %% ../nbs/20_zoo.ipynb 24
+class SemanticsModel(torch.nn.Module):
+    "Method 3's ready model: the decomposer (`photogeo`) and the semantic directions in W it gave for one generator."
+    def __init__(self, photogeo_cfg: dict, names: list, w_dim: int, generator: str = 'bundled'):
+        super().__init__()
+        from disentangle.photogeo import PhotoGeo, PhotoGeoConfig
+        self.photogeo, self.names, self.generator = PhotoGeo(PhotoGeoConfig(**photogeo_cfg)), list(names), generator
+        K = len(self.names)
+        for k, shape in (('D', (K, w_dim)), ('D_sparse', (K, w_dim)), ('w_mean', (w_dim,)), ('s_mean', (K,)), ('s_std', (K,))):
+            self.register_buffer(k, torch.zeros(shape))
+    def forward(self, x): return self.photogeo(x)
+    def index(self, name: str) -> int:
+        if name not in self.names: raise KeyError(f"unknown semantic {name!r}; known: {self.names}")
+        return self.names.index(name)
+    def direction(self, name: str, sparse: bool = True) -> torch.Tensor:
+        "(D,) the move in W that changes semantic `name` by one standard deviation (as `LinearSemantics.direction`)."
+        return (self.D_sparse if sparse else self.D)[self.index(name)]
+    def edit(self, w: torch.Tensor, name: str, amount: float, sparse: bool = True) -> torch.Tensor:
+        return w + amount * self.direction(name, sparse).to(w)
+
+def _photogeo_init(spec):
+    "The decomposer a recipe's training started from: '' (none: from scratch), 'bundled' or a path."
+    from disentangle import photogeo as pg
+    return None if not spec else pg.pretrained_photogeo() if spec == 'bundled' else pg.load_photogeo(spec)
+
+def _semantics_build(r):
+    return SemanticsModel(r['config'], r['names'], r['w_dim'], r['generator']).eval()
+
+def _semantics_replay(r, steps, out_dir):
+    from disentangle import photogeo as pg
+    pg.train_photogeo(pg.PhotoGeoConfig(**r['config']), r['steps'], pg.synthfaces_batches(r['batch'], r['seed']), out_dir, r['seed'],
+                      features=r['perceptual'], init=_photogeo_init(r.get('init', '')), progress=False, log_every=100, ckpt_every=10 ** 9, ckpt_minutes=0., precision=r['precision'],
+                      stop_after=steps)
+    return [json.loads(l) for l in open(Path(out_dir) / 'log.jsonl')]
+
+def _semantics_held_out(r):
+    from disentangle.synthfaces import render
+    return render(r['n_score'], size=64, seed=r['score_seed'])
+
+RECIPES['semantics'] = Recipe(_semantics_build, _semantics_replay, held_out=_semantics_held_out)
+
+def add_semantics_entries(run, zoo=None, check_n=64, **facts) -> list[Path]:
+    "The zoo entry of a finished semantics run folder `run` that trained its decomposer on SynthFaces: decomposer and directions."
+    from disentangle import photogeo as pg
+    run = Path(run); params = json.loads((run / 'params.json').read_text()); metrics = json.loads((run / 'metrics.json').read_text())
+    if int(params['photogeo_steps']) <= 0 or params['data'] != 'synthfaces':
+        raise ValueError(f"{run}: the run used a decomposer it did not train (photogeo_steps={params['photogeo_steps']}, data={params['data']!r}); "
+                         "a zoo entry needs the run that trained it on SynthFaces")
+    net, meta = load_tensors(run / 'photogeo.safetensors')
+    dirs, dmeta = load_tensors(run / 'directions.safetensors')
+    training = params['out_dir'] or 'photogeo'
+    prog = json.loads((run / training / 'progress.json').read_text())
+    recipe = dict(config=meta['config'], steps=int(params['photogeo_steps']), batch=int(params['photogeo_batch']), seed=int(params['seed']),
+                  perceptual=params['perceptual'], init=params.get('photogeo_init', ''), precision=prog.get('precision') or 'auto', names=dmeta['names'], w_dim=int(dirs['D'].shape[1]),
+                  generator=dmeta.get('generator', 'bundled'), n_score=int(params['n_score']), score_seed=7)
+    model = _semantics_build(recipe)
+    model.photogeo.load_state_dict(net); [getattr(model, k).copy_(v) for k, v in dirs.items()]
+    test = _semantics_held_out(dict(recipe, n_score=min(check_n, recipe['n_score'])))
+    def check(m):
+        s = pg.score_decomposition(m.photogeo, test, fit=False)
+        return {k: s[k] for k in ('side', 'mad', 'corr_yaw', 'corr_pitch', 'corr_roll')}
+    scores = {k: v for k, v in metrics.items() if v is not None and not k.endswith('seconds') and k.split('.')[0] in ('photogeo', 'semantics', 'edit', 'augment')}
+    note = (f"decomposer: {recipe['steps']:,} steps{' from the ' + recipe['init'] + ' one' if recipe['init'] else ''} of batch {recipe['batch']} of fresh SynthFaces renders (Unsup3d: about 75,000 of batch 64 "
+            f"on CelebA); directions: a regression on {int(params['n_samples']):,} samples of the {recipe['generator']} generator")
+    return [add_entry('semantics-synthfaces-64', 'semantics', 'synthfaces', 64, run, training, model, recipe, scores, check=check,
+                      budget_note=note, zoo=zoo, **facts)]
+
+
+# %% ../nbs/20_zoo.ipynb 28
 HEADLINES = {'ae': ('mig.discrete_mig', 'dci.disentanglement', 'sap.SAP_score'), 'beta_vae': ('mig.discrete_mig', 'dci.disentanglement', 'sap.SAP_score'),
              'beta_tcvae': ('mig.discrete_mig', 'dci.disentanglement', 'sap.SAP_score'),
              'subspaces': ('locality', 'donor_r2', 'kept_r2', 'psnr'),
              'idmap': ('id_similarity', 'attribute_error', 'landmark_nme', 'fid'),
-             'w_encoder': ('halves.id_similarity', 'halves.attribute_error', 'layers.id_similarity', 'layers.attribute_error')}
+             'w_encoder': ('halves.id_similarity', 'halves.attribute_error', 'layers.id_similarity', 'layers.attribute_error'),
+             'semantics': ('photogeo.side', 'photogeo.mad', 'photogeo.corr_fit_light_x', 'edit.yaw.ours.leakage')}
 TABLE_BEGIN = '<!-- zoo table: generated by disentangle.zoo.write_table(); do not edit by hand -->'
 TABLE_END = '<!-- end of the zoo table -->'
 

@@ -31,13 +31,15 @@ def test_baselines_tiny(tmp_path):
 
 
 def tiny_zoo(root: Path) -> Path:
-    "A zoo made the way the real one is: entries from finished tiny runs of the baselines and subspaces experiments."
+    "A zoo made the way the real one is: entries from finished tiny runs of the baselines, subspaces and idmap experiments."
     from disentangle import zoo
     z = root / "zoo"
     zoo.add_baseline_entries(run_experiment("baselines", dict(datasets="dsprites", models="beta_vae", steps=30, pool=256, metric_scale=0.002,
                                                               metric_batch=8), out=root / "runs", experiments=EXPS), zoo=z, check_n=500)
     zoo.add_subspaces_entries(run_experiment("subspaces", dict(steps=24, batch=8, n_identities=40, images_per_identity=4, n_codes=16,
                                                                baseline_steps=0, ablations=""), out=root / "runs", experiments=EXPS), zoo=z)
+    zoo.add_idmap_entries(run_experiment("idmap", dict(n_train=200, steps=24, batch=8, ablations="", w_encoder_steps=24, n_eval=16, n_sequences=0,
+                                                       threads=1), out=root / "runs", experiments=EXPS), zoo=z, check_n=8)
     return z
 
 
@@ -71,6 +73,10 @@ def test_reproduce_tiny(tmp_path):
     assert "zoo `beta_vae-dsprites`: 30 steps" in next(l for l in table.splitlines() if l.startswith("| beta_vae-dsprites (zoo) |"))
     assert "trained in this run: 4 steps" in next(l for l in table.splitlines() if l.startswith("| AE (baseline) |"))
     assert "16 held-out faces" in (run / "reproduce.ipynb").read_text()       # method 1 on its recipe's test people (4 x 4 images)
+    for row in ("2: latent mapping (Nitzan)", "2 baseline: W-swap of layers"):   # method 2 and its baseline from the zoo, on their held-out pairs
+        assert "zoo `" in next(l for l in table.splitlines() if l.startswith(f"| {row} |")), row
+    assert "zoo `idmap-synthfaces-64`: 24 steps" in table and "zoo `w_encoder-synthfaces-64`: 24 steps" in table
+    assert "10 held-out pairs" in (run / "reproduce.ipynb").read_text()
 
 
 def test_baselines_on_a_folder_of_photos(tmp_path):
