@@ -328,8 +328,9 @@ def _chunks(f, *xs, chunk=256):
     return torch.cat([f(*(x[i:i + chunk] for x in xs)) for i in range(0, len(xs[0]), chunk)])
 
 @torch.no_grad()
-def transfer_scores(out, x_id, x_attr, judge, factor_judge, landmarks, attributes=ATTRIBUTES) -> dict:
-    "Identity similarity to the identity source and to the attribute source, attribute error, landmark NME."
+def transfer_scores(out, x_id, x_attr, judge, factor_judge, landmarks, attributes=ATTRIBUTES, per_pair=False) -> dict:
+    """Identity similarity to the identity source and to the attribute source, attribute error, landmark NME; with
+    `per_pair`, also 'per_pair': the (N,) identity similarity, attribute error and NME of each pair (for intervals)."""
     from disentangle import synthfaces as sf
     dev = next(factor_judge.parameters()).device
     e_out, e_id, e_attr = (_chunks(lambda x: judge(x.to(dev)).float().cpu(), t) for t in (out, x_id, x_attr))
@@ -337,9 +338,13 @@ def transfer_scores(out, x_id, x_attr, judge, factor_judge, landmarks, attribute
     f_out, f_attr = (_chunks(lambda x: factor_judge.scaled(x.to(dev)).float().cpu()[:, cols], t) for t in (out, x_attr))
     l_out, l_attr = (_chunks(lambda x: landmarks(x.to(dev)).float().cpu(), t) for t in (out, x_attr))
     err = (f_out - f_attr).abs().mean(0)
-    return {'id_similarity': float((e_out * e_id).sum(1).mean()), 'id_similarity_to_attr_source': float((e_out * e_attr).sum(1).mean()),
-            'attribute_error': float(err.mean()), **{f'attribute_error_{a}': float(v) for a, v in zip(attributes, err)},
-            'landmark_nme': metrics.landmark_nme(l_out, l_attr)}
+    out = {'id_similarity': float((e_out * e_id).sum(1).mean()), 'id_similarity_to_attr_source': float((e_out * e_attr).sum(1).mean()),
+           'attribute_error': float(err.mean()), **{f'attribute_error_{a}': float(v) for a, v in zip(attributes, err)},
+           'landmark_nme': metrics.landmark_nme(l_out, l_attr)}
+    if per_pair:
+        out['per_pair'] = {'id_similarity': (e_out * e_id).sum(1).numpy(), 'attribute_error': (f_out - f_attr).abs().mean(1).numpy(),
+                           'landmark_nme': metrics.landmark_nme(l_out, l_attr, per_image=True).numpy()}
+    return out
 
 def jitter(landmarks_t) -> float:
     "Mean second difference of landmark tracks (T, P, 2) over time, in their units."

@@ -22,9 +22,9 @@ __all__ = ['MS_WEIGHTS', 'DEFAULTS', 'histogram_discretize', 'discrete_mutual_in
            'logistic_regression', 'roc_auc_ovr', 'modularity_explicitness', 'beta_vae_score', 'factor_vae_votes',
            'factor_vae_score', 'cosine_similarity', 'identity_similarity', 'landmark_nme', 'edit_locality', 'erode',
            'normals_from_depth', 'side', 'mad', 'labeled_accuracy', 'residual_leakage', 'psnr', 'ssim',
-           'ms_ssim_values', 'ms_ssim', 'frechet_distance', 'fid', 'kid', 'encode_all', 'sample_codes', 'compute_dci',
-           'compute_mig', 'compute_sap', 'compute_modularity_explicitness', 'compute_beta_vae', 'compute_factor_vae',
-           'compute_all']
+           'ms_ssim_values', 'ms_ssim', 'frechet_distance', 'fid', 'kid', 'paired_bootstrap', 'encode_all',
+           'sample_codes', 'compute_dci', 'compute_mig', 'compute_sap', 'compute_modularity_explicitness',
+           'compute_beta_vae', 'compute_factor_vae', 'compute_all']
 
 # %% ../nbs/07_metrics.ipynb 5
 def _codes(z, name='z', n=None) -> np.ndarray:
@@ -381,13 +381,15 @@ def identity_similarity(embed, x, y) -> float:
     "Mean cosine similarity of embed(x) and embed(y): identity preservation under any embedder."
     with torch.no_grad(): return float(cosine_similarity(embed(x), embed(y)).mean())
 
-def landmark_nme(pred, gt, eyes=(0, 1)) -> float:
-    "Normalised mean error of landmarks (N, P, 2): mean point distance over the distance between the two eye landmarks."
+def landmark_nme(pred, gt, eyes=(0, 1), per_image=False):
+    """Normalised mean error of landmarks (N, P, 2): mean point distance over the distance between the two eye
+    landmarks; `per_image`: the (N,) errors of each face instead of their mean."""
     pred, gt = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(gt, dtype=torch.float64)
     if pred.shape != gt.shape or pred.ndim != 3 or pred.shape[-1] != 2: raise ValueError(f"landmarks must both be (N, P, 2), got {tuple(pred.shape)} and {tuple(gt.shape)}")
     iod = (gt[:, eyes[0]] - gt[:, eyes[1]]).norm(dim=-1)
     if (iod <= 0).any(): raise ValueError(f"gt: {int((iod <= 0).sum())} faces have coincident eye landmarks (inter-ocular distance 0)")
-    return float(((pred - gt).norm(dim=-1).mean(-1) / iod).mean())
+    e = (pred - gt).norm(dim=-1).mean(-1) / iod
+    return e if per_image else float(e.mean())
 
 def edit_locality(before, after, mask, per_image=False):
     """Share of the absolute change |after - before| (N, C, H, W) inside mask (N, H, W), averaged over the images that
@@ -541,6 +543,22 @@ def kid(feats1, feats2, n_subsets=100, subset_size=1000, seed=0) -> dict:
     return {'kid': float(v.mean()), 'kid_std': float(v.std())}
 
 # %% ../nbs/07_metrics.ipynb 59
+def paired_bootstrap(a, b, better: str = 'higher', n: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Paired bootstrap of mean(a) - mean(b) over items (a, b: (N,) scores of two models on the same items): diff, lo,
+    hi (the `level` interval) and verdict ('beats' / 'ties' / 'loses', for a, with `better` 'higher' or 'lower')."""
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape: raise ValueError(f"paired scores must have the same length, got {a.shape[0]} and {b.shape[0]}")
+    if better not in ('higher', 'lower'): raise ValueError(f"better must be 'higher' or 'lower', got {better!r}")
+    keep = np.isfinite(a) & np.isfinite(b); d = a[keep] - b[keep]
+    if len(d) < 2: raise ValueError(f"paired_bootstrap needs at least 2 items scored by both, got {len(d)}")
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), (n, len(d)))].mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    sign = 1 if better == 'higher' else -1
+    verdict = 'beats' if (lo > 0 if sign > 0 else hi < 0) else 'loses' if (hi < 0 if sign > 0 else lo > 0) else 'ties'
+    return dict(diff=float(d.mean()), lo=float(lo), hi=float(hi), verdict=verdict, n=int(len(d)))
+
+# %% ../nbs/07_metrics.ipynb 62
 DEFAULTS = dict(dci=dict(num_train=10000, num_test=5000), mig=dict(num_train=10000), sap=dict(num_train=10000, num_test=5000),
                 modularity_explicitness=dict(num_train=10000, num_test=5000),
                 beta_vae=dict(batch_size=64, num_train=10000, num_eval=5000),

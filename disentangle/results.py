@@ -121,21 +121,34 @@ def idmap_table(root=None, name='full-1000') -> str:
             'landmark NME ↓': ('landmark_nme', '.3f'), 'FID ↓': ('fid', '.2f')}
     t = metric_table(m, rows, cols, best=list(rows)[:5])
     f = lambda n, k: m[f'{n}.{k}']
+    rivals = {'baseline_halves': 'the W-encoder swap of halves', 'baseline_layers': 'the W-encoder swap of coarse layers',
+              'no_adversarial': '`no_adversarial`', 'no_landmarks': '`no_landmarks`'}
+    ivl = 'compare.full-baseline_halves.id_similarity.lo' in m          # the run kept the paired intervals of its verdicts
+    verdict = lambda n, k: {1.: 'beats', 0.: 'ties', -1.: 'loses'}[m[f'compare.full-{n}.{k}.verdict']]
+    def said(n, k, better):
+        if ivl:
+            d, lo, hi = (m[f'compare.full-{n}.{k}.{q}'] for q in ('diff', 'lo', 'hi'))
+            return verdict(n, k), f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        a, b = f('full', k), f(n, k)
+        return ('beats' if (a > b if better == 'higher' else a < b) else 'loses'), f"{a:.3f} against {b:.3f}, no interval kept"
     v = []
-    for b, label in (('baseline_halves', 'halves'), ('baseline_layers', 'coarse layers')):
-        v.append((f"identity above the W-encoder swap of {label} ({f('full', 'id_similarity'):.3f} against {f(b, 'id_similarity'):.3f})",
-                  f('full', 'id_similarity') > f(b, 'id_similarity')))
-        v.append((f"attribute error below the W-encoder swap of {label} ({f('full', 'attribute_error'):.3f} against {f(b, 'attribute_error'):.3f})",
-                  f('full', 'attribute_error') < f(b, 'attribute_error')))
+    for b in ('baseline_halves', 'baseline_layers'):
+        for k, better, what in (('id_similarity', 'higher', 'identity'), ('attribute_error', 'lower', 'attribute error')):
+            vd, txt = said(b, k, better)
+            v.append((f"{what}: the method beats {rivals[b]} (method − baseline {txt}: {vd})", vd == 'beats'))
     for a in ('no_adversarial', 'no_landmarks'):
-        dom = f(a, 'id_similarity') >= f('full', 'id_similarity') and f(a, 'attribute_error') <= f('full', 'attribute_error')
-        v.append((f"not dominated by `{a}` (identity {f(a, 'id_similarity'):.3f}, attribute error {f(a, 'attribute_error'):.3f})", not dom))
+        two = [said(a, k, b) for k, b in (('id_similarity', 'higher'), ('attribute_error', 'lower'))]
+        dom = 'beats' not in [x[0] for x in two] and 'loses' in [x[0] for x in two]
+        v.append((f"not dominated by {rivals[a]} (method − ablation: identity {two[0][1]} {two[0][0]}, attribute error {two[1][1]} {two[1][0]})", not dom))
     seq = (f"Sequences ({run['params']['n_sequences']} people x {run['params']['n_frames']} frames): identity "
            f"{m['sequence.full.id_similarity_mean']:.3f} on average, never below {m['sequence.full.id_similarity_min']:.3f} "
            f"(the coarse-layer swap: {m['sequence.baseline_layers.id_similarity_mean']:.3f}). De-identification: similarity to the "
            f"person {m['deidentify.id_similarity']:.3f}, attribute error {m['deidentify.attribute_error']:.3f}.") if 'sequence.full.id_similarity_mean' in m else ''
     times = ', '.join(f"{k[len('train_'):-2]} {m[k]:.0f} s" for k in m if k.startswith('train_') and k.endswith('_s'))
-    return '\n'.join([t, '', provenance(run) + f" Training: {times}.", '', seq, '', _verdicts(v)])
+    how = (f"Verdicts: paired bootstrap over the {run['params']['n_eval']:,} held-out pairs ({run['params'].get('n_boot', 1000):,} resamples), "
+           "the difference method − rival with its 95% interval; 'beats' only where the interval excludes zero." if ivl else
+           "Verdicts on the means (this run kept no intervals).")
+    return '\n'.join([t, '', provenance(run) + f" Training: {times}.", '', seq, '', how, '', _verdicts(v)])
 
 # %% ../nbs/22_results.ipynb 15
 SUBSPACE_REGIONS = ('background_hair', 'face_nose', 'brows', 'eyes', 'mouth')

@@ -104,6 +104,13 @@ def test_experiment_synthfaces_tiny(tmp_path):
         assert f"check.not_dominated_by_{name}" in m or name not in ("no_adversarial", "no_landmarks")
     for k in ("id_similarity_mean", "neighbour_similarity", "jitter_out_px", "jitter_in_px"): assert np.isfinite(m[f"sequence.full.{k}"])
     assert np.isfinite(m["deidentify.id_similarity"]) and "check.sequence_identity_kept" in m
+    for rival in ("no_adversarial", "no_landmarks", "baseline_halves", "baseline_layers"):   # every verdict carries its paired interval
+        for k in ("id_similarity", "attribute_error", "landmark_nme"):
+            c = {q: m[f"compare.full-{rival}.{k}.{q}"] for q in ("diff", "lo", "hi", "verdict")}
+            assert c["lo"] <= c["diff"] <= c["hi"] and c["verdict"] in (-1, 0, 1), (rival, k, c)
+        # 'beats' only where the interval lies on the better side of zero
+        c = {q: m[f"compare.full-{rival}.id_similarity.{q}"] for q in ("lo", "verdict")}
+        assert (m[f"check.id_similarity_beats_{rival}"] == 1) == (c["lo"] > 0) == (c["verdict"] == 1)
     assert {"swap_grid.png", "swap_compare.png", "deidentify.png", "sequence.png", "losses.png"} <= {p.name for p in run.glob("*.png")}
     for name in ("full", "no_adversarial", "no_landmarks"): assert (run / f"idmap-{name}.safetensors").exists()
 
