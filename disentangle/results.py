@@ -11,7 +11,7 @@ from .core import Registry
 
 # %% auto 0
 __all__ = ['RESULTS', 'TABLES', 'BEGIN', 'END', 'SUBSPACE_REGIONS', 'saved_run', 'metric_table', 'provenance', 'block_ids',
-           'stale_tables', 'write_tables', 'idmap_table', 'subspaces_table']
+           'stale_tables', 'write_tables', 'idmap_table', 'subspaces_table', 'zoo_summary']
 
 # %% ../nbs/22_results.ipynb 5
 RESULTS = Path(disentangle.__file__).resolve().parent.parent / 'results'
@@ -171,3 +171,15 @@ def subspaces_table(root=None, name='full-2000') -> str:
     per = ', '.join(f"{r} {m[f'subspaces.{r}.locality']:.2f}" for r in SUBSPACE_REGIONS if f'subspaces.{r}.locality' in m)
     times = ', '.join(f"{k.split('.', 1)[1]} {m[k]:.0f} s" for k in m if k.startswith('seconds.') and k != 'seconds.regressor')
     return '\n'.join([t, '', provenance(run) + f" Training: {times}. Locality of the main model per region: {per}.", '', _verdicts(v)])
+
+@TABLES.register('zoo/summary')
+def zoo_summary(root=None) -> str:
+    "The zoo at a glance for the README: entry, method, data, budget and headline held-out scores, from the cards."
+    from disentangle import zoo
+    rows = ['| entry | method | budget | headline scores (held-out) |', '|---|---|---|---|']
+    for n in zoo.names():
+        c = zoo.card(n)
+        heads = [k for k in zoo.HEADLINES.get(c['method'], sorted(c['scores'])[:4]) if k in c['scores']]
+        rows.append(f"| `{n}` | {c['method']} | {c['steps']:,} steps, {c['seconds'] / 3600:.2f} h on {c['threads']} CPU thread(s) | "
+                    + ', '.join(f"{k} {c['scores'][k]:.3f}" for k in heads) + ' |')
+    return '\n'.join(rows)
