@@ -11,6 +11,7 @@ lic = licenses[cfg['license']]
 statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Production/Stable', '6 - Mature', '7 - Inactive']
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
+faces_requirements = cfg.get('faces_requirements', '').split()
 min_python = cfg['min_python']
 
 setuptools.setup(
@@ -30,7 +31,7 @@ setuptools.setup(
     package_data={'disentangle': ['assets/*', 'assets/zoo/*'], 'disentangle.experiments': ['*.ipynb']},
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'faces': faces_requirements},
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

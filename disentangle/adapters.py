@@ -15,11 +15,13 @@ from .core import CheckpointError, file_kind, load_tensors, sniff
 from .checkpoints import read_pickled
 
 # %% auto 0
-__all__ = ['CLIP_MEAN', 'CLIP_STD', 'check_images', 'fit_to', 'read_state_dict', 'build_from_state_dict', 'check_state_dict',
-           'ConvBN', 'ResidualInception', 'Reduction', 'InceptionResnetV1', 'load_facenet', 'check_onnx',
-           'arcface_normalisation', 'ArcFaceONNX', 'QuickGELU', 'SelfAttention', 'ResidualBlock', 'Transformer',
-           'CLIPVisual', 'clip_visual_config', 'load_clip_visual', 'bytes_to_unicode', 'CLIPTokenizer', 'CLIPText',
-           'load_clip_text', 'clip_text_encoder']
+__all__ = ['CLIP_MEAN', 'CLIP_STD', 'DLIB_MODELS', 'FACES_EXTRA', 'check_images', 'fit_to', 'read_state_dict',
+           'build_from_state_dict', 'check_state_dict', 'ConvBN', 'ResidualInception', 'Reduction', 'InceptionResnetV1',
+           'load_facenet', 'check_onnx', 'arcface_normalisation', 'ArcFaceONNX', 'QuickGELU', 'SelfAttention',
+           'ResidualBlock', 'Transformer', 'CLIPVisual', 'clip_visual_config', 'load_clip_visual', 'bytes_to_unicode',
+           'CLIPTokenizer', 'CLIPText', 'load_clip_text', 'clip_text_encoder', 'NoFaceError', 'import_dlib',
+           'dlib_model_path', 'to_uint8', 'five_points', 'DlibLandmarks', 'load_dlib_landmarks', 'DlibEmbedder',
+           'load_dlib_embedder']
 
 # %% ../nbs/10_adapters.ipynb 5
 def check_images(x, where: str = "images") -> torch.Tensor:
@@ -487,3 +489,138 @@ def clip_text_encoder(model: CLIPText, tokenizer: CLIPTokenizer):
     def encode(texts):
         with torch.no_grad(): return model(tokenizer(texts, len(model.positional_embedding)).to(dev)).cpu()
     return encode
+
+# %% ../nbs/10_adapters.ipynb 43
+import functools, importlib.util
+
+DLIB_MODELS = {'landmarks68': 'shape_predictor_68_face_landmarks.dat', 'landmarks5': 'shape_predictor_5_face_landmarks.dat',
+               'recognition': 'dlib_face_recognition_resnet_model_v1.dat', 'cnn_detector': 'mmod_human_face_detector.dat'}
+FACES_EXTRA = 'pip install "disentangle[faces]" (dlib-bin and face-recognition-models)'
+
+class NoFaceError(ValueError):
+    "dlib's detector found no face in an image."
+
+def import_dlib():
+    "The dlib module, or an ImportError saying which extra installs it."
+    try: import dlib
+    except ImportError as e: raise ImportError(f"dlib is not installed: {FACES_EXTRA}") from e
+    return dlib
+
+def dlib_model_path(name: str, models_dir=None) -> Path:
+    "Path of a dlib model file (a key of `DLIB_MODELS` or a file name) in `models_dir`, by default face-recognition-models' folder."
+    file = DLIB_MODELS.get(name, name)
+    if models_dir is None:
+        spec = importlib.util.find_spec('face_recognition_models')   # found, not imported (its __init__ needs pkg_resources)
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError(f"face-recognition-models is not installed, so dlib's {file} is not here: {FACES_EXTRA}; "
+                              "or pass models_dir=, a folder holding the .dat files")
+        models_dir = Path(list(spec.submodule_search_locations)[0]) / 'models'
+    path = Path(models_dir) / file
+    if not path.is_file(): raise FileNotFoundError(f"no dlib model file {path} (expected {file} in {models_dir})")
+    return path
+
+@functools.lru_cache(maxsize=None)
+def _dlib_model(kind: str, path: str):    # each file is read once per process (the 68-point predictor is 100 MB, 3 s)
+    dlib = import_dlib()
+    make = {'shape': dlib.shape_predictor, 'recognition': dlib.face_recognition_model_v1}[kind]
+    try: return make(path)
+    except RuntimeError as e: raise CheckpointError(path, f"dlib cannot read it ({str(e)[:200]})", "damaged") from None
+
+def to_uint8(x, where: str = "images") -> list:
+    "Images (B, 3, H, W) in [-1, 1] -> a list of B contiguous (H, W, 3) uint8 RGB arrays, dlib's input."
+    a = ((check_images(x, where).detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return [np.ascontiguousarray(i) for i in a.permute(0, 2, 3, 1).cpu().numpy()]
+
+def five_points(lm68):
+    "68 iBUG landmarks (..., 68, 2) -> CelebA's five (..., 5, 2): eye centres, nose tip, mouth corners."
+    lm = torch.as_tensor(lm68)
+    if lm.shape[-2:] != (68, 2): raise ValueError(f"expected 68 landmarks (..., 68, 2), got shape {tuple(lm.shape)}")
+    return torch.stack([lm[..., 36:42, :].mean(-2), lm[..., 42:48, :].mean(-2), lm[..., 30, :], lm[..., 48, :], lm[..., 54, :]], -2)
+
+# %% ../nbs/10_adapters.ipynb 45
+class DlibLandmarks(nn.Module):
+    "dlib's HOG face detector + 68-point shape predictor: images (B, 3, H, W) in [-1, 1] -> (B, 68, 2) pixel landmarks of the largest face."
+    def __init__(self,
+                 models_dir=None,    # folder of dlib's .dat files; default: the face-recognition-models package
+                 upsample=1):        # times the detector doubles each image first (finds smaller faces, slower)
+        super().__init__()
+        dlib = import_dlib()
+        self.path = dlib_model_path('landmarks68', models_dir)
+        self.predictor, self.detector, self.upsample = _dlib_model('shape', str(self.path)), dlib.get_frontal_face_detector(), upsample
+
+    def face_box(self, img: np.ndarray, where: str = "image"):
+        "The largest face in a (H, W, 3) uint8 RGB array as a dlib.rectangle; NoFaceError naming `where` when there is none."
+        boxes, scores, _ = self.detector.run(img, self.upsample, 0.0)
+        if not len(boxes):
+            raise NoFaceError(f"{where}: dlib's face detector found no face in this {img.shape[1]}x{img.shape[0]} image "
+                              f"(upsample={self.upsample}; faces smaller than about {80 >> self.upsample} px are missed)")
+        return max(zip(boxes, scores), key=lambda bs: (bs[0].area(), bs[1]))[0]
+
+    def points(self, img: np.ndarray, box=None, where: str = "image") -> np.ndarray:
+        "(68, 2) float landmarks (x, y) of the largest face in a (H, W, 3) uint8 RGB array, or of the face in `box`."
+        s = self.predictor(img, self.face_box(img, where) if box is None else box)
+        return np.array([(p.x, p.y) for p in s.parts()], dtype=np.float32)
+
+    def forward(self, x, missing: str = 'raise') -> torch.Tensor:
+        "(B, 68, 2) landmarks on x's device; `missing='nan'`: NaN rows for images without a face instead of NoFaceError."
+        if missing not in ('raise', 'nan'): raise ValueError(f"missing must be 'raise' or 'nan', got {missing!r}")
+        out = []
+        for i, img in enumerate(to_uint8(x, "DlibLandmarks")):
+            try: out.append(self.points(img, where=f"images[{i}]"))
+            except NoFaceError:
+                if missing == 'raise': raise
+                out.append(np.full((68, 2), np.nan, np.float32))
+        return torch.from_numpy(np.stack(out)).to(x.device)
+
+def load_dlib_landmarks(models_dir=None, upsample=1) -> DlibLandmarks:
+    "dlib's 68-point landmarks with its real weights (the `faces` extra): images in [-1, 1] -> (B, 68, 2) pixels."
+    return DlibLandmarks(models_dir, upsample)
+
+# %% ../nbs/10_adapters.ipynb 48
+class DlibEmbedder(nn.Module):
+    "dlib's face-recognition ResNet: aligned face crops (B, 3, H, W) in [-1, 1], each taken whole as the face -> (B, 128) unit embeddings."
+    threshold = 0.6                  # dlib's rule: raw descriptors closer than this are the same person
+    box_side, box_drop = 1.5, 0.35   # the detector's box from the 5 points: side and offset below the eyes, in outer-eye spans
+    def __init__(self,
+                 models_dir=None,    # folder of dlib's .dat files; default: the face-recognition-models package
+                 refine=3,           # rounds of re-placing the face box from the predicted points
+                 jitters=0):         # dlib's num_jitters: embed this many jittered copies too and average (slower)
+        super().__init__()
+        self.dlib = import_dlib()
+        self.paths = dlib_model_path('landmarks5', models_dir), dlib_model_path('recognition', models_dir)
+        self.predictor, self.net = _dlib_model('shape', str(self.paths[0])), _dlib_model('recognition', str(self.paths[1]))
+        self.refine, self.jitters = refine, jitters
+
+    def _box(self, p: np.ndarray):
+        "The detector-like square box of five points (0, 1: one eye's corners, outer first; 2, 3: the other's; 4: nose)."
+        span = float(np.hypot(*(p[0] - p[2])))
+        if not span > 0: return None
+        u = (p[0] - p[2]) / span
+        n = np.array([-u[1], u[0]]); n = n if n @ (p[4] - p[:4].mean(0)) >= 0 else -n    # across the eye line, towards the nose
+        c, h = p[:4].mean(0) + self.box_drop * span * n, self.box_side * span / 2
+        return self.dlib.rectangle(*(int(round(v)) for v in (c[0] - h, c[1] - h, c[0] + h, c[1] + h)))
+
+    def shape(self, img: np.ndarray):
+        "dlib's 5-point shape of the face filling the (H, W, 3) uint8 crop `img`: whole-crop box, then `refine` rounds."
+        H, W = img.shape[:2]
+        s = self.predictor(img, self.dlib.rectangle(0, 0, W - 1, H - 1))
+        for _ in range(self.refine):
+            box = self._box(np.array([(q.x, q.y) for q in s.parts()], dtype=np.float64))
+            if box is None: break                       # degenerate points (a blank image): keep the whole-crop shape
+            s = self.predictor(img, box)
+        return s
+
+    def descriptors(self, x) -> torch.Tensor:
+        "dlib's raw (B, 128) descriptors (same person: Euclidean distance < 0.6), float32 on x's device."
+        imgs = to_uint8(x, "DlibEmbedder")
+        d = [np.array(self.net.compute_face_descriptor(img, self.shape(img), self.jitters), dtype=np.float32) for img in imgs]
+        return torch.from_numpy(np.stack(d)).to(x.device)
+
+    def forward(self, x):
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise RuntimeError("DlibEmbedder runs outside PyTorch and gives no gradients: use it for metrics, under torch.no_grad()")
+        return F.normalize(self.descriptors(x), dim=1)
+
+def load_dlib_embedder(models_dir=None, refine=3, jitters=0) -> DlibEmbedder:
+    "dlib's face-recognition ResNet with its real weights (the `faces` extra): aligned crops in [-1, 1] -> (B, 128) unit embeddings."
+    return DlibEmbedder(models_dir, refine, jitters)

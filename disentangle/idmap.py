@@ -399,8 +399,11 @@ def w_swap(E_W, G, x_id, x_attr, mode='halves', coarse=4):
 
 # %% ../nbs/15_idmap.ipynb 38
 def identity_net(spec, device='cpu'):
-    "'id_train' / 'id_judge' / a .safetensors path (our embedders), 'facenet:<path>' or 'arcface:<path.onnx>' (judge only)."
+    "'id_train' / 'id_judge' / a .safetensors path (our embedders), 'facenet:<path>'; judges only: 'arcface:<path.onnx>', 'dlib' or 'dlib:<models folder>'."
     s = str(spec)
+    if s == 'dlib' or s.startswith('dlib:'):
+        from disentangle.adapters import load_dlib_embedder      # real weights, the `faces` extra
+        return load_dlib_embedder(s[len('dlib:'):] or None)
     if s.startswith('facenet:'):
         from disentangle.adapters import load_facenet
         net = load_facenet(s[len('facenet:'):], device)

@@ -14,13 +14,14 @@ from .synthfaces import CLASSES
 
 # %% auto 0
 __all__ = ['CELEBA_LANDMARK_NAMES', 'CELEBA_ATTR', 'CELEBA_IDENTITY', 'CELEBA_LANDMARKS', 'CELEBA_PARTITION', 'HQ_ATTR',
-           'HQ_MAPPING', 'IMAGE_EXTENSIONS', 'MAX_UPSCALE', 'MASK_PARTS', 'MASK_ID', 'CACHE_VERSION',
+           'HQ_MAPPING', 'IMAGE_EXTENSIONS', 'MAX_UPSCALE', 'MASK_PARTS', 'MASK_ID', 'CACHE_VERSION', 'FFHQ_JSON',
            'CELEBA_ATTRIBUTES', 'SPLIT_CODES', 'CELEBA_SIZE', 'DATASETS', 'DATA_CHOICES', 'DATA_KEYS', 'DataError',
            'BadDataWarning', 'Skipped', 'data_error', 'Problems', 'TableFormat', 'Table', 'read_table', 'centre_square',
            'move_points', 'to_rgb', 'load_image', 'read_mask', 'merge_masks', 'RealConfig', 'RealLoader', 'RealFaces',
-           'FolderConfig', 'list_images', 'ImageFolder', 'FFHQConfig', 'FFHQ', 'CelebAConfig', 'numbered_files',
-           'optional_table', 'no_row', 'check_rows', 'CelebA', 'CelebAMaskHQConfig', 'mask_index', 'CelebAMaskHQ',
-           'open_dataset', 'RealSubset', 'data_keys', 'experiment_data']
+           'ffhq_quad', 'align_ffhq', 'FolderConfig', 'list_images', 'ImageFolder', 'FFHQConfig', 'FFHQ',
+           'ffhq_landmarks', 'align_photo', 'CelebAConfig', 'numbered_files', 'optional_table', 'no_row', 'check_rows',
+           'CelebA', 'CelebAMaskHQConfig', 'mask_index', 'CelebAMaskHQ', 'open_dataset', 'RealSubset', 'data_keys',
+           'experiment_data']
 
 # %% ../nbs/03_realdata.ipynb 5
 class DataError(ValueError):
@@ -480,9 +481,75 @@ class RealFaces(torch.utils.data.Dataset, metaclass=abc.ABCMeta):
                 f"keys {keys}{', cached' if self.cache is not None else ''}{f', {len(self.skipped)} skipped' if self.skipped else ''}")
 
 # %% ../nbs/03_realdata.ipynb 50
+def ffhq_quad(landmarks) -> tuple:
+    "FFHQ's oriented crop square from 68 dlib landmarks or CelebA's five points (L, 2): (quad (4, 2), side q)."
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.shape == (68, 2): eye_l, eye_r, mouth_l, mouth_r = lm[36:42].mean(0), lm[42:48].mean(0), lm[48], lm[54]
+    elif lm.shape == (5, 2): eye_l, eye_r, mouth_l, mouth_r = lm[0], lm[1], lm[3], lm[4]
+    else: raise ValueError(f"landmarks: expected dlib's 68 points or CelebA's 5, shape (68, 2) or (5, 2), got {lm.shape}")
+    if not np.isfinite(lm).all(): raise ValueError("landmarks: not all finite (a face that was not found?)")
+    eye_avg, eye_to_eye = (eye_l + eye_r) / 2, eye_r - eye_l
+    eye_to_mouth = (mouth_l + mouth_r) / 2 - eye_avg
+    perp = lambda v: np.array([-v[1], v[0]])
+    x = eye_to_eye - perp(eye_to_mouth)
+    if not np.hypot(*x) > 0: raise ValueError(f"landmarks: eyes and mouth coincide ({eye_l}, {eye_r}, {mouth_l}, {mouth_r})")
+    x = x / np.hypot(*x) * max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
+    y, c = perp(x), eye_avg + eye_to_mouth * 0.1
+    return np.stack([c - x - y, c - x + y, c + x + y, c + x - y]), 2 * float(np.hypot(*x))
+
+# %% ../nbs/03_realdata.ipynb 53
+def _ffhq_pad(img: Image.Image, pad, qsize) -> Image.Image:
+    "Reflect-pad by pad = (left, top, right, bottom), blur and fade the padding towards the median colour (the official step)."
+    from scipy.ndimage import gaussian_filter
+    a = np.pad(np.float32(img), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), 'reflect')
+    h, w, _ = a.shape
+    y, x, _ = np.ogrid[:h, :w, :1]
+    with np.errstate(divide='ignore'):      # a side without padding divides by 0: inf, never the minimum
+        mask = np.maximum(1.0 - np.minimum(np.float32(x) / pad[0], np.float32(w - 1 - x) / pad[2]),
+                          1.0 - np.minimum(np.float32(y) / pad[1], np.float32(h - 1 - y) / pad[3]))
+    blur = qsize * 0.02
+    a += (gaussian_filter(a, [blur, blur, 0]) - a) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
+    a += (np.median(a, axis=(0, 1)) - a) * np.clip(mask, 0.0, 1.0)
+    return Image.fromarray(np.uint8(np.clip(np.rint(a), 0, 255)), 'RGB')
+
+def _bounds(quad): return (int(np.floor(quad[:, 0].min())), int(np.floor(quad[:, 1].min())), int(np.ceil(quad[:, 0].max())), int(np.ceil(quad[:, 1].max())))
+
+def align_ffhq(image, size: int = 1024, landmarks=None, transform_size: int = 4096, padding: bool = True):
+    "FFHQ's alignment of the (largest) face in `image` (PIL or (3, H, W) in [-1, 1]) to size x size; same kind back."
+    as_tensor = isinstance(image, torch.Tensor)
+    if as_tensor:
+        if image.ndim != 3 or image.shape[0] != 3: raise ValueError(f"image: expected a (3, H, W) tensor in [-1, 1], got shape {tuple(image.shape)}")
+        img = Image.fromarray(((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy())
+    elif isinstance(image, Image.Image): img = to_rgb(image, 'image')
+    else: raise TypeError(f"image: expected a PIL image or a (3, H, W) tensor in [-1, 1], got {type(image).__name__}")
+    if landmarks is None:
+        from disentangle.adapters import load_dlib_landmarks
+        landmarks = load_dlib_landmarks().points(np.asarray(img))
+    quad, qsize = ffhq_quad(landmarks)
+    shrink = int(np.floor(qsize / size * 0.5))                        # shrink
+    if shrink > 1:
+        img = img.resize((int(np.rint(img.size[0] / shrink)), int(np.rint(img.size[1] / shrink))), Image.LANCZOS)
+        quad, qsize = quad / shrink, qsize / shrink
+    border = max(int(np.rint(qsize * 0.1)), 3)                         # crop
+    l, t, r, b = _bounds(quad)
+    crop = (max(l - border, 0), max(t - border, 0), min(r + border, img.size[0]), min(b + border, img.size[1]))
+    if crop[2] - crop[0] < img.size[0] or crop[3] - crop[1] < img.size[1]:
+        img, quad = img.crop(crop), quad - crop[:2]
+    l, t, r, b = _bounds(quad)                                         # pad
+    pad = (max(-l + border, 0), max(-t + border, 0), max(r - img.size[0] + border, 0), max(b - img.size[1] + border, 0))
+    if padding and max(pad) > border - 4:
+        pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
+        img, quad = _ffhq_pad(img, pad, qsize), quad + pad[:2]
+    img = img.transform((transform_size, transform_size), Image.QUAD, (quad + 0.5).flatten(), Image.BILINEAR)   # transform
+    if size < transform_size: img = img.resize((size, size), Image.LANCZOS)
+    if not as_tensor: return img
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).to(image.device, torch.float32) / 127.5 - 1
+
+# %% ../nbs/03_realdata.ipynb 57
 @dataclasses.dataclass
 class FolderConfig(RealConfig):
     crop: str = 'center'            # 'center' (largest centred square) or 'full' (the whole image, squashed)
+    aligned: bool = False           # raw photos: FFHQ-align each one's largest face (dlib, the `faces` extra); crop unused
 
     def __post_init__(self):
         super().__post_init__()
@@ -498,47 +565,95 @@ def list_images(root, extensions=IMAGE_EXTENSIONS) -> list:
         out += [(rel / f).as_posix() for f in files if not f.startswith('.') and os.path.splitext(f)[1].lower() in extensions]
     return sorted(out)
 
-# %% ../nbs/03_realdata.ipynb 51
+# %% ../nbs/03_realdata.ipynb 58
 class ImageFolder(RealFaces):
     "Every image below a folder, recursively and in sorted order; batches hold `image` only."
     name, Config = 'image folder', FolderConfig
-    def _geometry(self): return {'crop': self.cfg.crop}
+    def _geometry(self): return {'crop': self.cfg.crop, **({'aligned': 'ffhq'} if self.cfg.aligned else {})}
     def _files(self) -> list:
         files = list_images(self.root)
         if not files: raise data_error(self.root, f"no images ({' '.join(IMAGE_EXTENSIONS)}) in this folder or below")
         return files
     def _index(self): return {'path': np.array(self._files(), dtype=object)}
-    def _decode(self, i): return load_image(self.path(i), self.size, self.cfg.crop), None
+    def _decode(self, i):
+        if self.cfg.aligned: return align_photo(self.path(i), self.size, self._landmarks(i)), None
+        return load_image(self.path(i), self.size, self.cfg.crop), None
+    def _landmarks(self, i): return None          # dlib finds them (FFHQ: its metadata's where it has them)
 
-# %% ../nbs/03_realdata.ipynb 53
+# %% ../nbs/03_realdata.ipynb 60
+FFHQ_JSON = 'ffhq-dataset-v2.json'      # FFHQ's metadata: per image, the in-the-wild photo and its 68 landmarks
+
 @dataclasses.dataclass
 class FFHQConfig(FolderConfig):
-    resolution: str = 'auto'        # 'auto', 'images1024x1024' or 'thumbnails128x128' (subfolder of the FFHQ root)
+    resolution: str = 'auto'        # 'auto', 'images1024x1024', 'thumbnails128x128' or 'in-the-wild-images' (subfolder of the root)
 
 class FFHQ(ImageFolder):
-    "FFHQ: 70,000 aligned 1024 px faces; split 'train' (00000-59999), 'valid' (60000-69999) or 'all'."
+    "FFHQ: 70,000 aligned 1024 px faces; split 'train' (00000-59999), 'valid' (60000-69999) or 'all'; `aligned`: from the raw photos."
     name, Config, SPLITS = 'FFHQ', FFHQConfig, ('all', 'train', 'valid')
     def _folder(self) -> Path:
-        r, big, small = self.cfg.resolution, self.root / 'images1024x1024', self.root / 'thumbnails128x128'
+        r, big, small, wild = self.cfg.resolution, self.root / 'images1024x1024', self.root / 'thumbnails128x128', self.root / 'in-the-wild-images'
         if r != 'auto':
             if not (self.root / r).is_dir(): raise data_error(self.root / r, "no such folder (resolution)")
             return self.root / r
+        if self.cfg.aligned: return wild if wild.is_dir() else self.root
         if small.is_dir() and (self.size <= 128 or not big.is_dir()): return small
         return big if big.is_dir() else self.root
+
+    def _geometry(self): return {**super()._geometry(), **({'landmarks': FFHQ_JSON} if 'face_landmarks' in self.meta else {})}
+    def _landmarks(self, i):
+        lm = self.meta['face_landmarks'][i] if 'face_landmarks' in self.meta else None
+        return lm if lm is not None and np.isfinite(lm).all() else None
 
     def _index(self):
         sub = self._folder()
         files = [(sub.relative_to(self.root) / f).as_posix() for f in list_images(sub)]
         if not files: raise data_error(sub, f"no images ({' '.join(IMAGE_EXTENSIONS)}) in this folder or below")
-        if self.cfg.split == 'all': return {'path': np.array(files, dtype=object)}
-        keep = []
-        for f in files:
-            stem = Path(f).stem
-            if not re.fullmatch(r'\d{1,9}', stem, re.ASCII): self.problems(self.root / f, 0, "FFHQ file names are numbers (00000-69999): cannot tell its split", item=f); continue
-            if (int(stem) < 60000) == (self.cfg.split == 'train'): keep.append(f)
-        return {'path': np.array(keep, dtype=object)}
+        keep = files
+        if self.cfg.split != 'all':
+            keep = []
+            for f in files:
+                stem = Path(f).stem
+                if not re.fullmatch(r'\d{1,9}', stem, re.ASCII): self.problems(self.root / f, 0, "FFHQ file names are numbers (00000-69999): cannot tell its split", item=f); continue
+                if (int(stem) < 60000) == (self.cfg.split == 'train'): keep.append(f)
+        meta = {'path': np.array(keep, dtype=object)}
+        if self.cfg.aligned and (self.root / FFHQ_JSON).is_file(): meta['face_landmarks'] = ffhq_landmarks(self.root / FFHQ_JSON, keep)
+        return meta
 
-# %% ../nbs/03_realdata.ipynb 58
+def ffhq_landmarks(path, files) -> np.ndarray:
+    "(N, 68, 2) landmarks of the in-the-wild photos `files` (paths relative to the FFHQ root) from FFHQ's metadata; NaN where it has none."
+    try: items = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e: raise data_error(path, f"unreadable FFHQ metadata ({type(e).__name__}: {str(e)[:200]})") from None
+    by_file = {}
+    for k, item in (items.items() if isinstance(items, dict) else ()):
+        wild = item.get('in_the_wild', {}) if isinstance(item, dict) else {}
+        if 'file_path' in wild and 'face_landmarks' in wild: by_file[wild['file_path']] = wild['face_landmarks']
+    out = np.full((len(files), 68, 2), np.nan, np.float64)
+    for j, f in enumerate(files):
+        if f in by_file:
+            lm = np.asarray(by_file[f], dtype=np.float64)
+            if lm.shape != (68, 2): raise data_error(path, f"entry for {f}: face_landmarks of shape {lm.shape}, expected (68, 2)")
+            out[j] = lm
+    return out
+
+# %% ../nbs/03_realdata.ipynb 65
+def align_photo(path, size: int, landmarks=None) -> np.ndarray:
+    "The photo at `path`, its (largest) face FFHQ-aligned to (size, size, 3) uint8; a DataError naming the file when unreadable or faceless."
+    try:
+        with Image.open(path) as im:
+            img = to_rgb(im, path); img.load()
+    except DataError: raise
+    except Exception as e: raise data_error(path, f"unreadable image ({type(e).__name__}: {str(e)[:200]})") from None
+    if landmarks is None:
+        from disentangle.adapters import NoFaceError, load_dlib_landmarks
+        try: landmarks = load_dlib_landmarks().points(np.asarray(img), where=str(path))
+        except NoFaceError as e: raise data_error(path, f"no face to align: {str(e).split(': ', 1)[1]}") from None
+    quad, q = ffhq_quad(landmarks)
+    if q * MAX_UPSCALE < size:
+        raise data_error(path, f"its face crop is {q:.0f} px across: it would be upscaled {size / q:.1f} times to {size}x{size} "
+                               f"(at most {MAX_UPSCALE}); use a smaller size or larger photos")
+    return np.asarray(align_ffhq(img, size, landmarks))
+
+# %% ../nbs/03_realdata.ipynb 69
 CELEBA_ATTRIBUTES = ('5_o_Clock_Shadow', 'Arched_Eyebrows', 'Attractive', 'Bags_Under_Eyes', 'Bald', 'Bangs', 'Big_Lips',
     'Big_Nose', 'Black_Hair', 'Blond_Hair', 'Blurry', 'Brown_Hair', 'Bushy_Eyebrows', 'Chubby', 'Double_Chin', 'Eyeglasses',
     'Goatee', 'Gray_Hair', 'Heavy_Makeup', 'High_Cheekbones', 'Male', 'Mouth_Slightly_Open', 'Mustache', 'Narrow_Eyes',
@@ -548,7 +663,7 @@ CELEBA_ATTRIBUTES = ('5_o_Clock_Shadow', 'Arched_Eyebrows', 'Attractive', 'Bags_
 SPLIT_CODES = {'train': 0, 'valid': 1, 'test': 2}
 CELEBA_SIZE = (178, 218)
 
-# %% ../nbs/03_realdata.ipynb 59
+# %% ../nbs/03_realdata.ipynb 70
 @dataclasses.dataclass
 class CelebAConfig(RealConfig):
     split: str = 'train'
@@ -564,7 +679,7 @@ class CelebAConfig(RealConfig):
         bad = [a for a in self.annotations if a not in ('attributes', 'identity', 'landmarks')]
         if bad: raise ValueError(f"unknown annotation(s) {bad}; valid: ('attributes', 'identity', 'landmarks')")
 
-# %% ../nbs/03_realdata.ipynb 61
+# %% ../nbs/03_realdata.ipynb 72
 def numbered_files(folder, pattern: str, problems: Problems) -> dict:
     "Image number -> file name of the files in `folder` matching `pattern` (group 1 the number); a missing folder is fatal."
     folder = Path(folder)
@@ -585,7 +700,7 @@ def optional_table(path, fmt, problems, required=False) -> Table | None:
         if required and e.reason.startswith('missing'): raise data_error(path, f"{e.reason}: needed for the split") from None
         raise
 
-# %% ../nbs/03_realdata.ipynb 62
+# %% ../nbs/03_realdata.ipynb 73
 def no_row(problems, t: Table, key, item: str, reason: str):
     """Record that image `item` is left out for want of a good row of `t` for `key`, once: the problem of its bad row
     (or of a bad row whose image number could not be read) now names it; otherwise a new entry `reason`."""
@@ -606,14 +721,14 @@ def check_rows(keys, keep, tables, problems, key_fmt, item_fmt=None):
             keep[j] = False
     return keep
 
-# %% ../nbs/03_realdata.ipynb 63
+# %% ../nbs/03_realdata.ipynb 74
 def _present(keys, present, keep, folder, problems, key_fmt, listed):
     for j in np.flatnonzero(keep & ~np.isin(keys, np.fromiter(present, np.int64, len(present)))):
         problems(Path(folder) / key_fmt.format(keys[j]), 0, f"missing image file (named in {listed(keys[j])})", item=key_fmt.format(keys[j]))
         keep[j] = False
     return keep
 
-# %% ../nbs/03_realdata.ipynb 64
+# %% ../nbs/03_realdata.ipynb 75
 class CelebA(RealFaces):
     "CelebA, aligned and cropped: image, landmarks (moved with the crop), identity, 40 attributes; official splits."
     name, Config, SPLITS = 'CelebA', CelebAConfig, ('train', 'valid', 'test', 'all')
@@ -650,7 +765,7 @@ class CelebA(RealFaces):
             if k == 'landmarks': meta[k] = move_points(v.reshape(-1, 5, 2), cfg.crop, self.size).astype(np.float32)
         return meta
 
-# %% ../nbs/03_realdata.ipynb 71
+# %% ../nbs/03_realdata.ipynb 82
 @dataclasses.dataclass
 class CelebAMaskHQConfig(RealConfig):
     celeba_root: str | None = None  # CelebA folder: splits and identities through the mapping file
@@ -667,7 +782,7 @@ class CelebAMaskHQConfig(RealConfig):
         if self.celeba_root is None and ('identity' in self.annotations or self.split != 'all'):
             raise ValueError(f"CelebAMask-HQ has identities and splits only through CelebA: set celeba_root (split={self.split!r}, annotations={self.annotations})")
 
-# %% ../nbs/03_realdata.ipynb 73
+# %% ../nbs/03_realdata.ipynb 84
 def mask_index(folder, problems: Problems) -> tuple:
     "(image number -> bit set of its parts, image number -> the problems of its bad part files) from a CelebAMask-HQ mask folder."
     folder, parts, bad = Path(folder), {}, {}
@@ -685,7 +800,7 @@ def mask_index(folder, problems: Problems) -> tuple:
                 parts[k] = parts.get(k, 0) | (1 << (MASK_ID[part] - 1))
     return parts, bad
 
-# %% ../nbs/03_realdata.ipynb 74
+# %% ../nbs/03_realdata.ipynb 85
 class CelebAMaskHQ(RealFaces):
     "CelebAMask-HQ: image, 19-class mask, 40 attributes; with `celeba_root`, CelebA's identities and splits."
     name, Config, SPLITS = 'CelebAMask-HQ', CelebAMaskHQConfig, ('train', 'valid', 'test', 'all')
@@ -702,7 +817,7 @@ class CelebAMaskHQ(RealFaces):
         m = merge_masks(files, self.cfg.mask_size)
         return im, np.asarray(Image.fromarray(m).resize((self.size, self.size), Image.NEAREST))
 
-# %% ../nbs/03_realdata.ipynb 76
+# %% ../nbs/03_realdata.ipynb 87
 def _hq_tables(self):
     "The tables and mask index CelebAMask-HQ's config asks for (None where not asked for or missing and skipped)."
     cfg, pr, ann = self.cfg, self.problems, self.cfg.annotations
@@ -719,7 +834,7 @@ def _hq_tables(self):
         else: pr(self.root / self.MASKS, 0, "missing mask folder")
     return t
 
-# %% ../nbs/03_realdata.ipynb 77
+# %% ../nbs/03_realdata.ipynb 88
 def _hq_index(self):
     cfg, pr = self.cfg, self.problems
     present = numbered_files(self.root / 'CelebA-HQ-img', r'(\d{1,9})\.jpg', pr)
@@ -762,7 +877,7 @@ def _hq_index(self):
     if t['identity'] is not None: meta['identity'] = t['identity'].values[celeba['identity'][keep], 1].astype(np.int64)
     return meta
 
-# %% ../nbs/03_realdata.ipynb 86
+# %% ../nbs/03_realdata.ipynb 97
 DATASETS = Registry('real data set')
 for _n, _c in (('celeba', CelebA), ('celebamask_hq', CelebAMaskHQ), ('ffhq', FFHQ), ('folder', ImageFolder)): DATASETS.register(_n)(_c)
 
@@ -770,7 +885,7 @@ def open_dataset(name: str, root, **kw) -> RealFaces:
     "The real data set `name` ('celeba', 'celebamask_hq', 'ffhq', 'folder') at `root`; `kw` are its config's fields."
     return DATASETS[name](root, **kw)
 
-# %% ../nbs/03_realdata.ipynb 89
+# %% ../nbs/03_realdata.ipynb 100
 DATA_CHOICES = ('synthfaces', 'celeba', 'celebamask_hq', 'ffhq', 'folder')
 
 class RealSubset(torch.utils.data.Subset):
