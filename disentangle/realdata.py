@@ -651,7 +651,7 @@ def align_photo(path, size: int, landmarks=None) -> np.ndarray:
     if q * MAX_UPSCALE < size:
         raise data_error(path, f"its face crop is {q:.0f} px across: it would be upscaled {size / q:.1f} times to {size}x{size} "
                                f"(at most {MAX_UPSCALE}); use a smaller size or larger photos")
-    return np.asarray(align_ffhq(img, size, landmarks))
+    return np.array(align_ffhq(img, size, landmarks))      # a writable copy
 
 # %% ../nbs/03_realdata.ipynb 69
 CELEBA_ATTRIBUTES = ('5_o_Clock_Shadow', 'Arched_Eyebrows', 'Attractive', 'Bags_Under_Eyes', 'Bald', 'Bangs', 'Big_Lips',
