@@ -43,6 +43,11 @@ def tiny_zoo(root: Path) -> Path:
     return z
 
 
+def zoo_card_score(z):
+    from disentangle import zoo
+    return zoo.card("idmap-synthfaces-64", z)["scores"]["id_similarity"]
+
+
 def test_reproduce_tiny(tmp_path):
     "The main job with tiny budgets; with train=zoo it scores the zoo's models (here a tiny zoo) and names them in the report."
     z = tiny_zoo(tmp_path)
@@ -77,6 +82,9 @@ def test_reproduce_tiny(tmp_path):
         assert "zoo `" in next(l for l in table.splitlines() if l.startswith(f"| {row} |")), row
     assert "zoo `idmap-synthfaces-64`: 24 steps" in table and "zoo `w_encoder-synthfaces-64`: 24 steps" in table
     assert "10 held-out pairs" in (run / "reproduce.ipynb").read_text()
+    assert m["idmap.method.id_similarity_card"] == zoo_card_score(z)             # the card's value beside this run's
+    assert m["idmap.method_vs_baseline.id_similarity.lo"] <= m["idmap.method_vs_baseline.id_similarity.diff"] <= m["idmap.method_vs_baseline.id_similarity.hi"]
+    assert "paired 95% bootstrap interval" in table
 
 
 def test_baselines_on_a_folder_of_photos(tmp_path):
