@@ -33,7 +33,7 @@ readme: install
 	@$(BIN)/jupyter nbconvert --log-level=ERROR --to markdown nbs/index.ipynb --output-dir . --output README
 
 nbtest: install
-	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing --flags slow
 
 pytest: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -q -n auto --timeout 900 --durations 8
