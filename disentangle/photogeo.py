@@ -366,6 +366,7 @@ def train_photogeo(cfg: PhotoGeoConfig = PhotoGeoConfig(), steps: int = 4000, ba
     `init`: a decomposer of the same architecture to start from (its weights are copied; it is not changed)."""
     from disentangle.engine import Engine, EngineConfig, load_state_strict
     feats = perceptual_net(features) if isinstance(features, str) else features
+    torch.manual_seed(seed)                                                 # the initial weights follow the seed (zoo.verify replays them)
     meth = PhotoGeoMethod(cfg, feats)
     if init is not None: load_state_strict(meth.model, init.state_dict(), 'train_photogeo(init=...)')
     engine_kw.setdefault('ema_decay', min(0.999, 1 - 4 / max(steps, 4)))     # short runs: the EMA forgets the random start
