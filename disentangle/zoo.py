@@ -23,6 +23,7 @@ class Recipe:
     replay: callable           # (recipe dict, steps, out_dir) -> the log rows of the first `steps` training steps
     state: callable = None     # model -> the state dict saved (default: model.state_dict())
     held_out: callable = None  # recipe dict -> the data the entry is scored on, never trained on (a test split, or fresh ground-truth draws)
+    rtol: float = None         # the replay's tolerance where it cannot be 1e-3 (say why where the recipe is registered)
 
 RECIPES = Registry('zoo recipe')
 
@@ -131,6 +132,7 @@ def verify(name, steps=20, rtol=1e-3, zoo=None) -> bool:
     losses. The replay runs on the card's thread count (whatever this process uses; restored after): the order of a
     parallel reduction changes the last bits, which bf16 steps carry past 1e-3 within a few steps."""
     c = card(name, zoo)
+    rtol = max(rtol, RECIPES[c['method']].rtol or 0.)
     steps = min(steps, len(c['first_losses']))
     before = torch.get_num_threads()
     try:
@@ -294,8 +296,10 @@ def _w_encoder_replay(r, steps, out_dir):
                     out_dir=out_dir, device='cpu', progress=False, ckpt_minutes=0., stop_after=steps)
     return [json.loads(l) for l in open(Path(out_dir) / 'log.jsonl')]
 
-RECIPES['idmap'] = Recipe(_idmap_build, _idmap_replay, state=_idmap_state, held_out=_idmap_held_out)
-RECIPES['w_encoder'] = Recipe(_w_encoder_build, _w_encoder_replay, held_out=_idmap_held_out)
+# 1e-2: the replay draws the training faces again through uint8 rounding; a last-bit difference in the generator's
+# output (seen between processes) flips a pixel, which moves the identity target z_id: 2.8e-3 at step 1 in a tiny run
+RECIPES['idmap'] = Recipe(_idmap_build, _idmap_replay, state=_idmap_state, held_out=_idmap_held_out, rtol=1e-2)
+RECIPES['w_encoder'] = Recipe(_w_encoder_build, _w_encoder_replay, held_out=_idmap_held_out, rtol=1e-2)
 
 def add_idmap_entries(run, zoo=None, check_n=64, **facts) -> list[Path]:
     "Zoo entries for the models of the finished idmap run folder `run`: the method, each ablation and the W-encoder baseline."
