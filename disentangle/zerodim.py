@@ -9,15 +9,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 from . import metrics
 from .baselines import ConvEncoder, DeconvDecoder, bernoulli_loss, gaussian_kl
 from .engine import Method
 
 # %% auto 0
-__all__ = ['RECONSTRUCTION', 'FFHQ_PROMPTS', 'ZeroDIMConfig', 'SharedClassifier', 'FactorModel', 'ZeroDIM', 'LabeledImages',
-           'PairedBatches', 'LatentStage', 'AmortizationStage', 'SynthesisStage', 'train_zerodim', 'Annotator',
-           'GroundTruthAnnotator', 'ZeroShotAnnotator', 'clip_annotator', 'SemiVAEConfig', 'SemiVAE', 'SemiVAEMethod',
-           'train_semi_vae', 'partial_scores', 'split_by_labels']
+__all__ = ['RECONSTRUCTION', 'FFHQ_PROMPTS', 'PARTIAL_BETTER', 'ZeroDIMConfig', 'SharedClassifier', 'FactorModel', 'ZeroDIM',
+           'LabeledImages', 'PairedBatches', 'LatentStage', 'AmortizationStage', 'SynthesisStage', 'train_zerodim',
+           'Annotator', 'GroundTruthAnnotator', 'ZeroShotAnnotator', 'clip_annotator', 'SemiVAEConfig', 'SemiVAE',
+           'SemiVAEMethod', 'train_semi_vae', 'partial_scores', 'score_split', 'split_by_labels', 'compare_partial']
 
 # %% ../nbs/14_zerodim.ipynb 5
 @dataclasses.dataclass
@@ -396,11 +397,12 @@ def train_semi_vae(cfg: SemiVAEConfig, data: LabeledImages, sizes, device='auto'
     return model.eval(), history
 
 # %% ../nbs/14_zerodim.ipynb 33
-def partial_scores(u, r, pred, y_lab, y_res=None, names=(), residual_names=(), seed=0, test_size=0.2) -> dict:
-    "Scores of labeled codes u (N, D_u), residual codes r (N, D_r) and predictions (N, F) against labeled factors y_lab (N, F)."
+def partial_scores(u, r, pred, y_lab, y_res=None, names=(), residual_names=(), seed=0, test_size=0.2, split=None) -> dict:
+    """Scores of labeled codes u (N, D_u), residual codes r (N, D_r) and predictions (N, F) against labeled factors y_lab
+    (N, F); the probes are fit on a random `1 - test_size` of the images and scored on the rest, or on `split`'s
+    (train indices, test indices)."""
     u, r, pred, y_lab = (np.asarray(a) for a in (u, r, pred, y_lab))
-    n = len(u); perm = np.random.default_rng(seed).permutation(n); cut = int(round(n * (1 - test_size)))
-    tr, te = perm[:cut], perm[cut:]
+    tr, te = split if split is not None else score_split(len(u), seed, test_size)
     names = tuple(names) or tuple(str(j) for j in range(y_lab.shape[1]))
     d = metrics.dci(u[tr], y_lab[tr], u[te], y_lab[te], seed)
     out = {'dci_disentanglement': d['disentanglement'], 'dci_completeness': d['completeness'], 'dci_informativeness': d['informativeness_test']}
@@ -414,6 +416,11 @@ def partial_scores(u, r, pred, y_lab, y_res=None, names=(), residual_names=(), s
         out.update({f"residual_keeps_{k[len('leakage_'):]}": v for k, v in res.items() if k.startswith('leakage_')})
     return out
 
+def score_split(n, seed=0, test_size=0.2):
+    "The probes' (train, test) indices of n held-out images: a seeded permutation cut at `1 - test_size`."
+    perm = np.random.default_rng(seed).permutation(n); cut = int(round(n * (1 - test_size)))
+    return perm[:cut], perm[cut:]
+
 def split_by_labels(z_lab, y_lab, seed=0) -> list:
     "For each labeled factor, the latent (distinct ones, greedily) that a GBT fit on the labeled images finds most important."
     R, _, _ = metrics.gbt_importance(z_lab, y_lab, z_lab, y_lab, seed)
@@ -423,4 +430,31 @@ def split_by_labels(z_lab, y_lab, seed=0) -> list:
         chosen.append(order[0])
     out = [0] * R.shape[1]
     for f, d in zip(np.argsort(-R.max(0)), chosen): out[f] = int(d)
+    return out
+
+# %% ../nbs/14_zerodim.ipynb 36
+PARTIAL_BETTER = {'dci_disentanglement': 'higher', 'labeled_accuracy': 'higher', 'leakage_above_chance': 'lower', 'sap': 'higher'}
+
+def compare_partial(codes: dict, y_lab, names=(), n: int = 50, seed: int = 0, test_size: float = 0.2, level: float = 0.95,
+                    keys=('dci_disentanglement', 'labeled_accuracy', 'leakage_above_chance')) -> dict:
+    """Paired bootstrap of each model's partial scores minus the first's rival: `codes` maps model names to (u, r, pred)
+    on the same held-out images, the first being the model compared; returns {rival: {score: dict(diff, lo, hi,
+    verdict)}}. Train and test images of the probes are resampled separately, `n` times."""
+    models = list(codes); first, rivals = models[0], models[1:]
+    n_img = len(np.asarray(y_lab)); tr, te = score_split(n_img, seed, test_size)
+    def scores(split): return {m: partial_scores(*codes[m], y_lab, names=names, seed=seed, split=split) for m in models}
+    point = scores((tr, te))
+    rng = np.random.default_rng(seed); draws = []
+    for _ in tqdm(range(n), desc='bootstrap of the partial scores', leave=False, mininterval=5):
+        draws.append(scores((tr[rng.integers(0, len(tr), len(tr))], te[rng.integers(0, len(te), len(te))])))
+    out = {}
+    for b in rivals:
+        out[b] = {}
+        for k in keys:
+            if k not in point[first] or k not in point[b]: continue
+            d = np.array([s[first][k] - s[b][k] for s in draws])
+            lo, hi = (np.quantile(d, [(1 - level) / 2, (1 + level) / 2]) if n else (np.nan, np.nan))
+            up = PARTIAL_BETTER.get(k, 'higher') == 'higher'
+            verdict = ('beats' if (lo > 0 if up else hi < 0) else 'loses' if (hi < 0 if up else lo > 0) else 'ties') if n else 'untested'
+            out[b][k] = dict(diff=float(point[first][k] - point[b][k]), lo=float(lo), hi=float(hi), verdict=verdict)
     return out

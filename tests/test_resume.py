@@ -85,7 +85,7 @@ def test_baselines_sigkill_resume_is_exact(tmp_path):
 
 
 ZERODIM = dict(datasets="shapes3d", train_size=1024, n_labels=200, epochs=8, amortization_epochs=3, synthesis_epochs=3, batch_size=64,
-               baseline_steps=40, n_eval=400, ckpt_minutes=0.01)
+               baseline_steps=40, n_eval=400, n_boot=5, ckpt_minutes=0.01)
 
 
 def test_zerodim_sigkill_resume_is_exact(tmp_path):

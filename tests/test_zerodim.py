@@ -77,7 +77,7 @@ def test_zerodim_experiment_tiny(tmp_path):
     "The experiment runs end to end on the three data sets with tiny budgets: scores, checks and figures."
     from disentangle.cli import run_experiment
     exps = Path(__file__).resolve().parent.parent / "nbs" / "experiments"
-    params = dict(train_size=256, n_labels=64, epochs=1, amortization_epochs=1, synthesis_epochs=1, batch_size=32, baseline_steps=3,
+    params = dict(train_size=256, n_labels=64, epochs=1, amortization_epochs=1, synthesis_epochs=1, batch_size=32, n_boot=5,
                   n_eval=200, face_identities=20, face_images_per_identity=4, face_labels=16, face_epochs=1, threads=1, cache_dir=str(tmp_path / "cache"))
     run = run_experiment("zerodim", params, out=tmp_path, experiments=exps)
     m = json.loads((run / "metrics.json").read_text())
@@ -88,7 +88,14 @@ def test_zerodim_experiment_tiny(tmp_path):
     assert 0 <= m["synthfaces.ZeroDIM.labeled_accuracy"] <= 1
     for n in ("hair_colour", "smile", "glasses"):
         assert 0 <= m[f"synthfaces_manipulation.{n}.edit_accuracy"] <= 1 and np.isfinite(m[f"synthfaces_manipulation.{n}.identity"])
-    assert "check.shapes3d DCI >= 0.9" in m
+    assert "check.shapes3d DCI >= 0.97" in m
+    for name in ("shapes3d", "dsprites"):   # equal budgets by default: the baselines see the samples of ZeroDIM's stage 1
+        assert m[f"budget.{name}.baseline_samples"] == m[f"budget.{name}.zerodim_stage1_samples"] == 8 * 32
+        for b in ("beta-VAE", "semi-supervised VAE"):
+            c = {q: m[f"compare.{name}.{b}.dci_disentanglement.{q}"] for q in ("diff", "lo", "hi", "verdict")}
+            assert c["lo"] <= c["hi"] and c["verdict"] in (-1., 0., 1.)
+            assert np.isclose(c["diff"], m[f"{name}.ZeroDIM.dci_disentanglement"] - m[f"{name}.{b}.dci_disentanglement"])
+            assert m[f"check.{name} DCI above {b}"] == float(c["verdict"] == 1.)
     pngs = {p.name for p in run.glob("*.png")}
     assert {"translate-shapes3d-floor_hue.png", "translate-dsprites-posX.png", "translate-synthfaces-glasses.png"} <= pngs
 
