@@ -15,9 +15,11 @@ from .baselines import ConvEncoder, DeconvDecoder, bernoulli_loss, gaussian_kl
 from .engine import Method
 
 # %% auto 0
-__all__ = ['RECONSTRUCTION', 'FFHQ_PROMPTS', 'PARTIAL_BETTER', 'ZeroDIMConfig', 'SharedClassifier', 'FactorModel', 'ZeroDIM',
-           'LabeledImages', 'PairedBatches', 'LatentStage', 'AmortizationStage', 'SynthesisStage', 'train_zerodim',
-           'Annotator', 'GroundTruthAnnotator', 'ZeroShotAnnotator', 'clip_annotator', 'SemiVAEConfig', 'SemiVAE',
+__all__ = ['RECONSTRUCTION', 'FFHQ_PROMPTS', 'GRID_SETUP', 'OFFICIAL', 'OFFICIAL_SHARED', 'PARTIAL_BETTER', 'ZeroDIMConfig',
+           'SharedClassifier', 'FactorModel', 'ZeroDIM', 'LabeledImages', 'PairedBatches', 'LatentStage',
+           'AmortizationStage', 'SynthesisStage', 'train_zerodim', 'Annotator', 'GroundTruthAnnotator',
+           'ZeroShotAnnotator', 'clip_annotator', 'grid_dataset', 'grid_draws', 'grid_labels', 'grid_training_set',
+           'face_spec', 'face_class', 'face_classes', 'face_images', 'face_training_set', 'SemiVAEConfig', 'SemiVAE',
            'SemiVAEMethod', 'train_semi_vae', 'partial_scores', 'score_split', 'split_by_labels', 'compare_partial']
 
 # %% ../nbs/14_zerodim.ipynb 5
@@ -330,6 +332,85 @@ def clip_annotator(weights, bpe_path, prompts: dict = FFHQ_PROMPTS, k=1000, quic
     return ZeroShotAnnotator(encode_image, clip_text_encoder(text, tok), prompts, k, batch_size)
 
 # %% ../nbs/14_zerodim.ipynb 31
+GRID_SETUP = {'shapes3d': (('floor_hue', 'wall_hue', 'object_hue'), 'mse'), 'dsprites': (('scale', 'posX', 'posY'), 'bce')}
+
+# avivga/zerodim, config/shapes3d.yaml and config/dsprites.yaml (HEAD 5c46436): what the official protocol runs
+OFFICIAL = {'shapes3d': dict(train_size=20_000, epochs=200, amortization_epochs=50, synthesis_epochs=50),
+            'dsprites': dict(train_size=50_000, epochs=200, amortization_epochs=200, synthesis_epochs=200)}
+OFFICIAL_SHARED = dict(n_labels=1000, batch_size=128, classifier='separate', epochs_before_entropy=20, n_eval=50_000, baseline_lr=1e-4)
+
+def grid_dataset(name: str, path: str = ''):
+    "The ground-truth grid `name` (shapes3d or dsprites): the official file at `path`, or our procedural rendering of it."
+    from disentangle import groundtruth as GT
+    if name not in GRID_SETUP: raise ValueError(f"no ZeroDIM grid {name!r}; valid: {sorted(GRID_SETUP)}")
+    return GT.Shapes3D(path or None) if name == 'shapes3d' else GT.DSprites(path or None)
+
+def grid_draws(grid, n: int, seed: int, protocol: str = 'reduced', exclude=None, cache=None, tag: str = 'grid'):
+    """Factors (n, K) and uint8 images of n draws of `grid`: uniform draws of the factor values (reduced), or n grid
+    images without replacement (official; `exclude`: grid indices not to draw, e.g. the training images), kept in
+    `cache` (a folder) when given."""
+    from pathlib import Path
+    p = Path(cache) / f"{tag}-{n}-seed{seed}-{protocol}.pt" if cache else None
+    if p is not None and p.exists(): return torch.load(p, weights_only=False)
+    if protocol == 'official':
+        pool = np.setdiff1d(np.arange(len(grid)), exclude) if exclude is not None else np.arange(len(grid))
+        y = grid.factors_at(pool[np.random.RandomState(seed).choice(len(pool), n, replace=False)])
+    elif protocol == 'reduced': y = grid.sample_factors(n, np.random.default_rng(seed))
+    else: raise ValueError(f"protocol must be 'reduced' or 'official', got {protocol!r}")
+    x = torch.cat([(grid.observations(y[i:i + 2000]) * 255).round().to(torch.uint8) for i in range(0, n, 2000)])
+    if p is not None: torch.save((y, x), p)
+    return y, x
+
+def grid_labels(y_lab, names, sizes, n_labels: int, seed: int, protocol: str = 'reduced') -> np.ndarray:
+    """Partial labels (N, F) of training factors `y_lab` (N, F): `n_labels` images labeled in every factor, -1 elsewhere;
+    the official code picks them with `RandomState(seed)`, the reduced preset with `GroundTruthAnnotator`."""
+    if protocol != 'official': return GroundTruthAnnotator(names, sizes, n_labels, seed)(None, y_lab)
+    y_lab = np.asarray(y_lab); labels = np.full(y_lab.shape, -1, np.int64)
+    rows = np.random.RandomState(seed).choice(len(y_lab), n_labels, replace=False)
+    labels[rows] = y_lab[rows]; return labels
+
+def grid_training_set(name: str, train_size: int, n_labels: int, seed: int, protocol: str = 'reduced', path: str = '', cache=None):
+    "The labeled training set of grid `name`: (LabeledImages, factors (N, K), the grid, labeled factor columns)."
+    grid = grid_dataset(name, path); lab_names, _ = GRID_SETUP[name]
+    lf = [grid.factor_names.index(n) for n in lab_names]
+    y, x = grid_draws(grid, train_size, seed, protocol, cache=cache, tag=name)
+    labels = grid_labels(np.asarray(y)[:, lf], lab_names, [grid.factor_sizes[j] for j in lf], n_labels, seed, protocol)
+    return LabeledImages(x, labels), y, grid, lf
+
+# %% ../nbs/14_zerodim.ipynb 34
+def face_spec(face_factors: str) -> list:
+    "[(factor, classes)] of a spec such as 'hair_colour:4,smile:3,glasses:2'; unknown SynthFaces factors are an error."
+    from disentangle import synthfaces as sf
+    try: spec = [(s.split(':')[0].strip(), int(s.split(':')[1])) for s in face_factors.split(',') if s.strip()]
+    except (IndexError, ValueError): raise ValueError(f"face_factors: write each as NAME:CLASSES, got {face_factors!r}") from None
+    unknown = [n for n, _ in spec if n not in sf.FI]
+    if unknown: raise ValueError(f"face_factors: unknown SynthFaces factors {unknown}; valid: {list(sf.FACTOR_NAMES)}")
+    return spec
+
+def face_class(factors, name: str, k: int) -> torch.Tensor:
+    "Class (N,) of SynthFaces factor `name` cut into k equal-width classes (binary: 0/1) of factors or readings (N, 28), clamped to its range first."
+    from disentangle import synthfaces as sf
+    lo, hi = (torch.tensor(a) for a in sf._ranges())
+    return sf.factor_classes(torch.as_tensor(factors).clamp(lo, hi), bins=k)[:, sf.FI[name]]
+
+def face_classes(factors, spec) -> np.ndarray:
+    "Classes (N, len(spec)) of the labeled attributes."
+    return torch.stack([face_class(factors, n, k) for n, k in spec], 1).numpy()
+
+def face_images(identities: int, per_identity: int, seed: int, split: str, cache=None):
+    "uint8 images (N, 3, 64, 64) and factors (N, 28) of a SynthFaces split."
+    from disentangle import synthfaces as sf
+    ds = sf.SynthFaces(identities, per_identity, 64, seed, split=split, cache_dir=str(cache) if cache else None)
+    b = ds.__getitems__(np.arange(len(ds)))
+    return ((b['image'] + 1) / 2 * 255).round().to(torch.uint8), b['factors']
+
+def face_training_set(spec, identities: int, per_identity: int, n_labels: int, seed: int, cache=None):
+    "The labeled SynthFaces training set: (LabeledImages, factors (N, 28))."
+    x, f = face_images(identities, per_identity, seed, 'train', cache)
+    names, sizes = [n for n, _ in spec], [k for _, k in spec]
+    return LabeledImages(x, GroundTruthAnnotator(names, sizes, n_labels, seed)(None, face_classes(f, spec))), f
+
+# %% ../nbs/14_zerodim.ipynb 37
 @dataclasses.dataclass
 class SemiVAEConfig:
     n_factors: int = 3                 # labeled factors, tied to the first latents
@@ -396,7 +477,7 @@ def train_semi_vae(cfg: SemiVAEConfig, data: LabeledImages, sizes, device='auto'
     if tmp: shutil.rmtree(tmp, ignore_errors=True)
     return model.eval(), history
 
-# %% ../nbs/14_zerodim.ipynb 33
+# %% ../nbs/14_zerodim.ipynb 39
 def partial_scores(u, r, pred, y_lab, y_res=None, names=(), residual_names=(), seed=0, test_size=0.2, split=None) -> dict:
     """Scores of labeled codes u (N, D_u), residual codes r (N, D_r) and predictions (N, F) against labeled factors y_lab
     (N, F); the probes are fit on a random `1 - test_size` of the images and scored on the rest, or on `split`'s
@@ -432,7 +513,7 @@ def split_by_labels(z_lab, y_lab, seed=0) -> list:
     for f, d in zip(np.argsort(-R.max(0)), chosen): out[f] = int(d)
     return out
 
-# %% ../nbs/14_zerodim.ipynb 36
+# %% ../nbs/14_zerodim.ipynb 42
 PARTIAL_BETTER = {'dci_disentanglement': 'higher', 'labeled_accuracy': 'higher', 'leakage_above_chance': 'lower', 'sap': 'higher'}
 
 def compare_partial(codes: dict, y_lab, names=(), n: int = 50, seed: int = 0, test_size: float = 0.2, level: float = 0.95,

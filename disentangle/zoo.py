@@ -14,7 +14,8 @@ from .core import Registry, save_tensors, load_tensors
 # %% auto 0
 __all__ = ['RECIPES', 'ZOO', 'MAX_BYTES', 'CARD_KEYS', 'HEADLINES', 'TABLE_BEGIN', 'TABLE_END', 'Recipe', 'names', 'card',
            'add_entry', 'load', 'verify', 'held_out', 'add_baseline_entries', 'add_subspaces_entries',
-           'add_idmap_entries', 'SemanticsModel', 'add_semantics_entries', 'table', 'write_table']
+           'add_idmap_entries', 'SemanticsModel', 'add_semantics_entries', 'add_zerodim_entries', 'table',
+           'write_table']
 
 # %% ../nbs/20_zoo.ipynb 5
 @dataclasses.dataclass
@@ -432,12 +433,115 @@ def add_semantics_entries(run, zoo=None, check_n=64, **facts) -> list[Path]:
 
 
 # %% ../nbs/20_zoo.ipynb 28
+def _zerodim_config(r):
+    from disentangle.zerodim import ZeroDIMConfig
+    return ZeroDIMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in r['config'].items()})
+
+def _zerodim_build(r):
+    from disentangle.zerodim import ZeroDIM
+    return ZeroDIM(_zerodim_config(r)).eval()
+
+def _zerodim_training_set(r):
+    from disentangle import zerodim as Z
+    d = r['data']
+    if d['name'] == 'synthfaces':
+        return Z.face_training_set(Z.face_spec(d['face_factors']), d['identities'], d['per_identity'], d['n_labels'], d['seed'])[0]
+    return Z.grid_training_set(d['name'], d['train_size'], d['n_labels'], d['seed'], d['protocol'], d.get('path', ''))[0]
+
+def _zerodim_replay(r, steps, out_dir):
+    from disentangle.zerodim import train_zerodim
+    train_zerodim(_zerodim_config(r), _zerodim_training_set(r), out_dir, device='cpu', progress=False, precision=r['precision'],
+                  ckpt_minutes=0., stop_after=steps)
+    return [json.loads(l) for l in open(Path(out_dir) / 'latent' / 'log.jsonl')]
+
+def _zerodim_held_out(r):
+    "(factors, uint8 images) the entry is scored on: the grid's held-out draws, or the SynthFaces test people."
+    from disentangle import zerodim as Z
+    d = r['data']
+    if d['name'] == 'synthfaces': return Z.face_images(d['identities'], d['per_identity'], d['seed'], 'test')[::-1]
+    grid = Z.grid_dataset(d['name'], d.get('path', ''))
+    exclude = grid.index(Z.grid_draws(grid, d['train_size'], d['seed'], 'official')[0]) if d['protocol'] == 'official' else None   # not the training images
+    return Z.grid_draws(grid, d['n_eval'], d['seed'] + 1, d['protocol'], exclude=exclude)
+
+RECIPES['zerodim'] = Recipe(_zerodim_build, _zerodim_replay, state=lambda m: {k: v for k, v in m.state_dict().items() if not k.startswith('residuals.')},
+                            held_out=_zerodim_held_out)
+
+_ZERODIM_PARTS = {'factors': 'factor_model', 'generator': 'generator', 'encoder': 'residual_encoder'}
+_ZERODIM_BASELINES = {'beta-VAE': 'beta_vae', 'semi-supervised VAE': 'semi_vae'}
+
+def _zerodim_from_checkpoint(recipe, folder):
+    "The amortised model of a finished zerodim training folder (its stage-3 checkpoint)."
+    from disentangle.engine import load_checkpoint, load_state_strict
+    ckpts = sorted((Path(folder) / 'synthesis').glob('ckpt-*.pt'))
+    if not ckpts: raise FileNotFoundError(f"{folder}/synthesis: no checkpoint; stage 3 of this training did not run")
+    s = load_checkpoint(ckpts[-1]); model = _zerodim_build(recipe)
+    for part, attr in _ZERODIM_PARTS.items(): load_state_strict(getattr(model, attr), s['modules'][part], f"{ckpts[-1]} [{part}]")
+    return model.eval()
+
+def add_zerodim_entries(run, zoo=None, check_n=1000, **facts) -> list[Path]:
+    """A zoo entry for every data set a finished zerodim run trained ZeroDIM on (the grids and SynthFaces; not a real set,
+    which has no held-out factors to card)."""
+    from disentangle import zerodim as Z
+    run = Path(run); params = json.loads((run / 'params.json').read_text()); metrics = json.loads((run / 'metrics.json').read_text())
+    train = Path(params['out_dir'] or 'train'); train = train if train.is_absolute() else run / train
+    official = params['protocol'] == 'official'; out = []
+    for name in [d.strip() for d in params['datasets'].split(',') if d.strip()]:
+        if name == 'synthfaces' and params['data'] != 'synthfaces': continue
+        if name == 'synthfaces':
+            spec = Z.face_spec(params['face_factors']); e = int(params['face_epochs'])
+            cfg = Z.ZeroDIMConfig(tuple(n for n, _ in spec), tuple(k for _, k in spec), channels=3, classifier=params['classifier'],
+                                  reconstruction='mse', batch_size=int(params['batch_size']), epochs=e, epochs_before_entropy=max(1, e // 10),
+                                  amortization_epochs=max(1, e // 4), synthesis_epochs=max(1, e // 4), seed=int(params['seed']))
+            data = dict(name='synthfaces', face_factors=params['face_factors'], identities=int(params['face_identities']),
+                        per_identity=int(params['face_images_per_identity']), n_labels=int(params['face_labels']), seed=int(params['seed']))
+            entry, size = 'zerodim-synthfaces-64', 64
+        else:
+            b = {k[len(f'budget.{name}.'):]: v for k, v in metrics.items() if k.startswith(f'budget.{name}.')}
+            grid = Z.grid_dataset(name, params[f'{name}_path']); lab, rec = Z.GRID_SETUP[name]
+            cfg = Z.ZeroDIMConfig(lab, tuple(grid.factor_sizes[grid.factor_names.index(n)] for n in lab), channels=3 if name == 'shapes3d' else 1,
+                                  classifier='separate' if official else params['classifier'], reconstruction=rec, batch_size=int(b['batch_size']),
+                                  epochs=int(b['epochs']), epochs_before_entropy=int(b['epochs_before_entropy']),
+                                  amortization_epochs=int(b['amortization_epochs']), synthesis_epochs=int(b['synthesis_epochs']), seed=int(params['seed']))
+            data = dict(name=name, protocol=params['protocol'], train_size=int(b['train_size']), n_labels=int(b['n_labels']), n_eval=int(b['n_eval']),
+                        seed=int(params['seed']), path=params[f'{name}_path'])
+            entry, size = f'zerodim-{name}', 64
+        prog = {s: json.loads((train / name / s / 'progress.json').read_text()) for s in ('latent', 'amortization', 'synthesis')}
+        recipe = dict(config=dataclasses.asdict(cfg), data=data, precision=params['precision'])
+        model = _zerodim_from_checkpoint(recipe, train / name)
+        y, x = _zerodim_held_out(dict(recipe, data={**data, 'n_eval': min(check_n, data.get('n_eval', check_n))}))
+        y, x = y[:check_n], x[:check_n]
+        lab_idx = ([Z.face_classes(y, Z.face_spec(data['face_factors']))] if name == 'synthfaces' else
+                   [np.asarray(y)[:, [grid.factor_names.index(n) for n in cfg.factor_names]]])[0]
+        def check(m):
+            with torch.no_grad():
+                f = x.float() / 255; s = Z.partial_scores(m.factor_codes(f), m.residual(f), m.predict(f), lab_idx, names=cfg.factor_names)
+            return {k: s[k] for k in ('dci_disentanglement', 'labeled_accuracy')}
+        scores = {k[len(f'{name}.ZeroDIM.'):]: v for k, v in metrics.items() if k.startswith(f'{name}.ZeroDIM.') and v is not None}
+        for label, short in _ZERODIM_BASELINES.items():
+            scores.update({f'{short}.{k[len(f"{name}.{label}."):]}': v for k, v in metrics.items() if k.startswith(f'{name}.{label}.') and v is not None})
+            scores.update({f'compare.{short}.{k[len(f"compare.{name}.{label}."):]}': v for k, v in metrics.items()
+                           if k.startswith(f'compare.{name}.{label}.') and v is not None})
+        if name == 'synthfaces': scores.update({f"manipulation.{k[len('synthfaces_manipulation.'):]}": v for k, v in metrics.items()
+                                                if k.startswith('synthfaces_manipulation.') and v is not None})
+        steps = {s: int(p['step']) for s, p in prog.items()}
+        note = (f"stage 1 {cfg.epochs} epochs ({steps['latent']:,} steps of batch {cfg.batch_size}) of {data.get('train_size', 'the')} "
+                f"training images, stages 2 and 3 {cfg.amortization_epochs} and {cfg.synthesis_epochs} epochs; "
+                + ("the official protocol" + (f" at {params['budget']:.2f} of its epochs" if float(params['budget']) < 1 else '') if official and name != 'synthfaces'
+                   else f"official: {Z.OFFICIAL[name]['epochs']}, {Z.OFFICIAL[name]['amortization_epochs']} and {Z.OFFICIAL[name]['synthesis_epochs']} epochs of {Z.OFFICIAL[name]['train_size']:,}"
+                   if name in Z.OFFICIAL else "the paper gives no SynthFaces recipe"))
+        out.append(add_entry(entry, 'zerodim', name, size, run, str((train / name / 'latent').relative_to(run)) if (train / name).is_relative_to(run) else str(train / name / 'latent'),
+                             model, recipe, scores, check=check, budget_note=note, zoo=zoo,
+                             **{'steps': sum(steps.values()), 'seconds': sum(float(p['seconds']) for p in prog.values()), **facts}))
+    return out
+
+# %% ../nbs/20_zoo.ipynb 32
 HEADLINES = {'ae': ('mig.discrete_mig', 'dci.disentanglement', 'sap.SAP_score'), 'beta_vae': ('mig.discrete_mig', 'dci.disentanglement', 'sap.SAP_score'),
              'beta_tcvae': ('mig.discrete_mig', 'dci.disentanglement', 'sap.SAP_score'),
              'subspaces': ('locality', 'donor_r2', 'kept_r2', 'psnr'),
              'idmap': ('id_similarity', 'attribute_error', 'landmark_nme', 'fid'),
              'w_encoder': ('halves.id_similarity', 'halves.attribute_error', 'layers.id_similarity', 'layers.attribute_error'),
-             'semantics': ('photogeo.side', 'photogeo.mad', 'photogeo.corr_fit_light_x', 'edit.yaw.ours.leakage')}
+             'semantics': ('photogeo.side', 'photogeo.mad', 'photogeo.corr_fit_light_x', 'edit.yaw.ours.leakage'),
+             'zerodim': ('dci_disentanglement', 'labeled_accuracy', 'leakage_above_chance', 'semi_vae.dci_disentanglement')}
 TABLE_BEGIN = '<!-- zoo table: generated by disentangle.zoo.write_table(); do not edit by hand -->'
 TABLE_END = '<!-- end of the zoo table -->'
 
