@@ -10,8 +10,9 @@ import disentangle
 from .core import Registry
 
 # %% auto 0
-__all__ = ['RESULTS', 'TABLES', 'BEGIN', 'END', 'SUBSPACE_REGIONS', 'saved_run', 'metric_table', 'provenance', 'block_ids',
-           'stale_tables', 'write_tables', 'idmap_table', 'subspaces_table', 'zoo_summary']
+__all__ = ['RESULTS', 'TABLES', 'BEGIN', 'END', 'SUBSPACE_REGIONS', 'ZERODIM_MODELS', 'ZERODIM_TARGETS', 'saved_run',
+           'metric_table', 'provenance', 'block_ids', 'stale_tables', 'write_tables', 'idmap_table', 'subspaces_table',
+           'zoo_summary', 'zerodim_table']
 
 # %% ../nbs/22_results.ipynb 5
 RESULTS = Path(disentangle.__file__).resolve().parent.parent / 'results'
@@ -183,3 +184,59 @@ def zoo_summary(root=None) -> str:
         rows.append(f"| `{n}` | {c['method']} | {c['steps']:,} steps, {c['seconds'] / 3600:.2f} h on {c['threads']} CPU thread(s) | "
                     + ', '.join(f"{k} {c['scores'][k]:.3f}" for k in heads) + ' |')
     return '\n'.join(rows)
+
+# %% ../nbs/22_results.ipynb 17
+ZERODIM_MODELS = {'ZeroDIM': 'ZeroDIM', 'β-VAE': 'beta-VAE', 'semi-supervised VAE': 'semi-supervised VAE'}
+ZERODIM_TARGETS = {'shapes3d': dict(dci_disentanglement=0.97, labeled_accuracy=0.95), 'dsprites': dict(dci_disentanglement=0.8)}
+_BETTER = {'dci_disentanglement': 'DCI-D', 'labeled_accuracy': 'labeled accuracy', 'leakage_above_chance': 'leakage above chance'}
+
+def _zerodim_grid(m, name, params) -> tuple:
+    rows = {label: f'{name}.{key}' for label, key in ZERODIM_MODELS.items() if f'{name}.{key}.dci_disentanglement' in m}
+    cols = {'DCI-D ↑': ('dci_disentanglement', '.3f'), 'DCI-C ↑': ('dci_completeness', '.3f'), 'DCI-I ↑': ('dci_informativeness', '.3f'),
+            'SAP ↑': ('sap', '.3f'), 'labeled acc. ↑': ('labeled_accuracy', '.3f'), 'leakage': ('residual_leakage', '.3f'),
+            'leakage above chance ↓': ('leakage_above_chance', '.3f')}
+    b = lambda k: m.get(f'budget.{name}.{k}')
+    head = (f"**{name}**: {int(b('train_size')):,} training images, {int(b('n_labels')):,} labeled, stage 1 {int(b('epochs'))} epochs "
+            f"({int(b('zerodim_stage1_samples')):,} samples), each baseline {int(b('baseline_steps')):,} steps of 64 ({int(b('baseline_samples')):,} samples); "
+            f"{int(b('n_eval')):,} held-out images.") if b('train_size') else f"**{name}**"
+    z = lambda k: m[f'{name}.ZeroDIM.{k}']
+    v = [(f"{name} {_BETTER[k]} {z(k):.3f} ≥ {t}", z(k) >= t) for k, t in ZERODIM_TARGETS.get(name, {}).items()]
+    v.append((f"{name} leakage {z('leakage_above_chance'):+.3f} above chance, within 0.1", z('leakage_above_chance') <= 0.1))
+    ivl = []
+    for label, key in list(ZERODIM_MODELS.items())[1:]:
+        for k in _BETTER:
+            q = f'compare.{name}.{key}.{k}'
+            if f'{q}.diff' not in m: continue
+            word = {1.: 'beats', 0.: 'ties', -1.: 'loses'}.get(m[f'{q}.verdict'], 'untested')
+            ivl.append(f"{_BETTER[k]} {m[f'{q}.diff']:+.3f} [{m[f'{q}.lo']:+.3f}, {m[f'{q}.hi']:+.3f}] {word}")
+            v.append((f"{name}: ZeroDIM above the {label} on {_BETTER[k]} (ZeroDIM − {label} {m[f'{q}.diff']:+.3f} "
+                      f"[{m[f'{q}.lo']:+.3f}, {m[f'{q}.hi']:+.3f}]: {word})", word == 'beats'))
+    return '\n'.join([head, '', metric_table(m, rows, cols)]), v
+
+@TABLES.register('zerodim/reduced-10')
+def zerodim_table(root=None, name='reduced-10') -> str:
+    run = saved_run('zerodim', name, root); m, params = run['metrics'], run['params']
+    parts, v = [], []
+    for g in ('shapes3d', 'dsprites'):
+        if f'{g}.ZeroDIM.dci_disentanglement' in m:
+            t, vv = _zerodim_grid(m, g, params); parts += [t, '']; v += vv
+    if 'synthfaces.ZeroDIM.dci_disentanglement' in m:
+        parts += [_zerodim_grid(m, 'synthfaces', params)[0].replace('**synthfaces**', f"**SynthFaces** ({params['face_identities']:,} people "
+                  f"x {params['face_images_per_identity']} images, {params['face_labels']:,} labeled, {params['face_epochs']} stage-1 epochs; "
+                  f"test faces of new people; labeled: `{params['face_factors']}`)"), '']
+    attrs = [k.split('.')[1] for k in m if k.startswith('synthfaces_manipulation.') and k.endswith('.edit_accuracy')]
+    if attrs:
+        rows = ['| attribute | edit accuracy ↑ | kept R² ↑ | identity ↑ |', '|---|---:|---:|---:|']
+        for a in attrs:
+            g = lambda k: m[f'synthfaces_manipulation.{a}.{k}']
+            rows.append(f"| {a} | {g('edit_accuracy'):.3f} | {g('kept_r2'):.3f} | {g('identity'):.3f} |")
+            v.append((f"SynthFaces {a}: edit accuracy {g('edit_accuracy'):.3f} ≥ 0.8, identity {g('identity'):.3f} ≥ 0.7, kept R² {g('kept_r2'):.3f} ≥ 0.7",
+                      g('edit_accuracy') >= 0.8 and g('identity') >= 0.7 and g('kept_r2') >= 0.7))
+        s = lambda k: m[f'synthfaces_manipulation.{k}.value']
+        parts += ['\n'.join(rows), '', f"Identity references (id_judge cosine to the input): the plain reconstruction {s('identity_reconstruction'):.3f} "
+                  f"(the most an edit can keep), another image of the same person {s('identity_same_person'):.3f}, another person "
+                  f"{s('identity_other_person'):.3f}.", '']
+    times = ', '.join(f"{k[len('timing_s.'):]} {m[k] / 60:.1f} min" for k in m if k.startswith('timing_s.') and not k.endswith('.render') and not k.endswith('.load'))
+    how = (f"Intervals: paired bootstrap over the held-out images ({params.get('n_boot', 0)} resamples of the probes' train and test images apart), "
+           "ZeroDIM − baseline with its 95% interval; 'beats' only where it excludes zero (lower is better for leakage).")
+    return '\n'.join(parts + [provenance(run) + f" Training: {times}.", '', how, '', _verdicts(v)])

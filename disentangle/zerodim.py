@@ -523,11 +523,14 @@ def compare_partial(codes: dict, y_lab, names=(), n: int = 50, seed: int = 0, te
     verdict)}}. Train and test images of the probes are resampled separately, `n` times."""
     models = list(codes); first, rivals = models[0], models[1:]
     n_img = len(np.asarray(y_lab)); tr, te = score_split(n_img, seed, test_size)
-    def scores(split): return {m: partial_scores(*codes[m], y_lab, names=names, seed=seed, split=split) for m in models}
-    point = scores((tr, te))
+    arrays = {m: [np.asarray(a) for a in codes[m]] for m in models}; y_lab = np.asarray(y_lab)
+    def scores(idx_tr, idx_te):   # every score (the accuracy too) on the images of this resample, the probes fit on its train side
+        idx = np.concatenate([idx_tr, idx_te]); split = (np.arange(len(idx_tr)), np.arange(len(idx_tr), len(idx)))
+        return {m: partial_scores(*(a[idx] for a in arrays[m]), y_lab[idx], names=names, seed=seed, split=split) for m in models}
+    point = scores(tr, te)
     rng = np.random.default_rng(seed); draws = []
     for _ in tqdm(range(n), desc='bootstrap of the partial scores', leave=False, mininterval=5):
-        draws.append(scores((tr[rng.integers(0, len(tr), len(tr))], te[rng.integers(0, len(te), len(te))])))
+        draws.append(scores(tr[rng.integers(0, len(tr), len(tr))], te[rng.integers(0, len(te), len(te))]))
     out = {}
     for b in rivals:
         out[b] = {}
