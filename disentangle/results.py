@@ -12,7 +12,7 @@ from .core import Registry
 # %% auto 0
 __all__ = ['RESULTS', 'TABLES', 'BEGIN', 'END', 'SUBSPACE_REGIONS', 'ZERODIM_MODELS', 'ZERODIM_TARGETS', 'saved_run',
            'metric_table', 'provenance', 'block_ids', 'stale_tables', 'write_tables', 'idmap_table', 'subspaces_table',
-           'zoo_summary', 'zerodim_table']
+           'zoo_summary', 'zerodim_table', 'semantics_table']
 
 # %% ../nbs/22_results.ipynb 5
 RESULTS = Path(disentangle.__file__).resolve().parent.parent / 'results'
@@ -240,3 +240,39 @@ def zerodim_table(root=None, name='reduced-10') -> str:
     how = (f"Intervals: paired bootstrap over the held-out images ({params.get('n_boot', 0)} resamples of the probes' train and test images apart), "
            "ZeroDIM − baseline with its 95% interval; 'beats' only where it excludes zero (lower is better for leakage).")
     return '\n'.join(parts + [provenance(run) + f" Training: {times}.", '', how, '', _verdicts(v)])
+
+# %% ../nbs/22_results.ipynb 19
+@TABLES.register('semantics/symmetric-3000')
+def semantics_table(root=None, name='symmetric-3000') -> str:
+    run = saved_run('semantics', name, root); m, params = run['metrics'], run['params']
+    g = lambda k: m.get(f'photogeo.{k}')
+    deco = ['| decomposer | SIDE ↓ | MAD (°) ↓ | corr. yaw | corr. pitch | corr. roll | corr. fitted light x | corr. fitted light y |',
+            '|---|---:|---:|---:|---:|---:|---:|---:|',
+            f"| ours ({params['photogeo_steps']:,} steps{', symmetric albedo' if params.get('photogeo_symmetric') else ''}) | {g('side'):.4f} | {g('mad'):.1f} | "
+            f"{g('corr_yaw'):+.3f} | {g('corr_pitch'):+.3f} | {g('corr_roll'):+.3f} | {g('corr_fit_light_x'):+.3f} | {g('corr_fit_light_y'):+.3f} |",
+            f"| flat depth (the floor) | {g('side_flat'):.4f} | {g('mad_flat'):.1f} | | | | | |"]
+    factors = sorted({k.split('.')[1] for k in m if k.startswith('edit.') and k.endswith('.ours.identity')})
+    methods = (('ours', 'ours (sparse)'), ('ours_dense', 'ours (dense)'), ('ganspace', 'GANSpace'), ('interfacegan', 'InterFaceGAN'))
+    edits = ['| factor | ' + ' | '.join(f'{lab} identity ↑ | {lab} leakage ↓' for _, lab in methods) + ' | sparse keeps identity better than GANSpace |',
+             '|---|' + '---:|---:|' * len(methods) + '---|']
+    wins = 0
+    for f in factors:
+        e = lambda meth, k: m.get(f'edit.{f}.{meth}.{k}')
+        cells = []
+        for meth, _ in methods:
+            ok = e(meth, 'reached')
+            cells += [f"{e(meth, 'identity'):.3f}{'' if ok else ' (not reached)'}", f"{e(meth, 'leakage'):.3f}"]
+        better = bool(e('ours', 'reached')) and (not e('ganspace', 'reached') or e('ours', 'identity') > e('ganspace', 'identity'))
+        wins += better
+        edits.append(f"| {f} | " + ' | '.join(cells) + f" | {'yes' if better else 'no'} |")
+    a = lambda s, k: m[f'augment.{s}.{k}']
+    aug = ['| pose classifier trained on | balanced accuracy ↑ | recall of the rare pose (left) ↑ |', '|---|---:|---:|']
+    for s, lab in (('unbalanced', 'the unbalanced set'), ('oversampled', 'it, rare class oversampled'), ('augmented', 'it, augmented by extrapolation')):
+        aug.append(f"| {lab} | {a(s, 'balanced_accuracy'):.3f} ± {a(s, 'balanced_accuracy_std'):.3f} | {a(s, 'recall_left'):.3f} |")
+    v = [(f"the sparse directions keep identity better than GANSpace on most edits ({wins} of {len(factors)}; one seed, no interval kept)", wins > len(factors) / 2),
+         (f"augmentation above oversampling in balanced accuracy ({a('augmented', 'balanced_accuracy'):.3f} against {a('oversampled', 'balanced_accuracy'):.3f}, "
+          f"± the std over {params['aug_seeds']} classifier seeds)",
+          a('augmented', 'balanced_accuracy') - a('augmented', 'balanced_accuracy_std') > a('oversampled', 'balanced_accuracy') + a('oversampled', 'balanced_accuracy_std'))]
+    note = (f"The decomposition is scored on {params['n_score']} SynthFaces test renders, the edits on {params['n_compare']} generated faces, "
+            f"the regression on {params['n_samples']:,} generator samples. Whole run {m['time_s'] / 60:.0f} min.")
+    return '\n'.join(['\n'.join(deco), '', '\n'.join(edits), '', '\n'.join(aug), '', provenance(run) + ' ' + note, '', _verdicts(v)])
