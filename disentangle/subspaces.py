@@ -129,8 +129,10 @@ class SubspaceAE(nn.Module):
             return (*self.unflat(c), None) if seg else self.unflat(c)
         h = self.body[:self.split](x); deep = self.body[self.split:](h)
         f = torch.cat([h, F.interpolate(deep, size=h.shape[-2:]), self.coords.expand(len(x), -1, -1, -1)], 1)   # (B, C, S/4, S/4)
+        f = f.contiguous(memory_format=torch.channels_last)                            # so that (B, HW, C) below is a view, and its gradient
         logits = self.seg(f); a = logits.softmax(1)                                     # (B, K, S/4, S/4) soft regions
-        pooled = torch.einsum('bkhw,bchw->bkc', a, f) / a.sum((2, 3)).unsqueeze(2).clamp(min=1e-3)   # mean feature of each region
+        B, C = f.shape[:2]                                                              # meets the 1x1 conv's in one layout
+        pooled = torch.bmm(a.flatten(2), f.permute(0, 2, 3, 1).reshape(B, -1, C)) / a.sum((2, 3)).unsqueeze(2).clamp(min=1e-3)   # mean feature of each region
         z = torch.einsum('bkc,kcd->bkd', pooled, self.pool_w) + self.pool_b             # z_k from region k's mean feature alone
         g = self.code(deep.flatten(1))
         return (z, g, logits) if seg else (z, g)
