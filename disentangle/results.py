@@ -237,8 +237,8 @@ def zerodim_table(root=None, name='reduced-10') -> str:
                   f"(the most an edit can keep), another image of the same person {s('identity_same_person'):.3f}, another person "
                   f"{s('identity_other_person'):.3f}.", '']
     times = ', '.join(f"{k[len('timing_s.'):]} {m[k] / 60:.1f} min" for k in m if k.startswith('timing_s.') and not k.endswith('.render') and not k.endswith('.load'))
-    how = (f"Intervals: paired bootstrap over the held-out images ({params.get('n_boot', 0)} resamples of the probes' train and test images apart), "
-           "ZeroDIM − baseline with its 95% interval; 'beats' only where it excludes zero (lower is better for leakage).")
+    how = (f"Intervals of ZeroDIM − baseline (95%): DCI and leakage over {params.get('n_boot', 0)} other random probe splits of the held-out images, "
+           "the labeled accuracy by a paired bootstrap over them; 'beats' only where the interval excludes zero (lower is better for leakage).")
     return '\n'.join(parts + [provenance(run) + f" Training: {times}.", '', how, '', _verdicts(v)])
 
 # %% ../nbs/22_results.ipynb 19

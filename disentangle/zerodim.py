@@ -518,27 +518,28 @@ PARTIAL_BETTER = {'dci_disentanglement': 'higher', 'labeled_accuracy': 'higher',
 
 def compare_partial(codes: dict, y_lab, names=(), n: int = 50, seed: int = 0, test_size: float = 0.2, level: float = 0.95,
                     keys=('dci_disentanglement', 'labeled_accuracy', 'leakage_above_chance')) -> dict:
-    """Paired bootstrap of each model's partial scores minus the first's rival: `codes` maps model names to (u, r, pred)
-    on the same held-out images, the first being the model compared; returns {rival: {score: dict(diff, lo, hi,
-    verdict)}}. Train and test images of the probes are resampled separately, `n` times."""
+    """Paired intervals of the first model's partial scores minus each rival's: `codes` maps model names to (u, r, pred)
+    on the same held-out images; returns {rival: {score: dict(diff, lo, hi, verdict)}}. Probe scores over `n` other
+    random splits of the images; the labeled accuracy by a paired bootstrap over them."""
     models = list(codes); first, rivals = models[0], models[1:]
-    n_img = len(np.asarray(y_lab)); tr, te = score_split(n_img, seed, test_size)
     arrays = {m: [np.asarray(a) for a in codes[m]] for m in models}; y_lab = np.asarray(y_lab)
-    def scores(idx_tr, idx_te):   # every score (the accuracy too) on the images of this resample, the probes fit on its train side
-        idx = np.concatenate([idx_tr, idx_te]); split = (np.arange(len(idx_tr)), np.arange(len(idx_tr), len(idx)))
-        return {m: partial_scores(*(a[idx] for a in arrays[m]), y_lab[idx], names=names, seed=seed, split=split) for m in models}
-    point = scores(tr, te)
-    rng = np.random.default_rng(seed); draws = []
-    for _ in tqdm(range(n), desc='bootstrap of the partial scores', leave=False, mininterval=5):
-        draws.append(scores(tr[rng.integers(0, len(tr), len(tr))], te[rng.integers(0, len(te), len(te))]))
+    def scores(s): return {m: partial_scores(*arrays[m], y_lab, names=names, seed=seed, split=score_split(len(y_lab), s, test_size)) for m in models}
+    point = scores(seed)
+    draws = [point] + [scores(seed + 1 + i) for i in tqdm(range(n), desc='probe splits of the partial scores', leave=False, mininterval=5)]
+    correct = {m: (arrays[m][2] == y_lab).mean(1) for m in models}     # per image: the share of its labeled factors predicted right
     out = {}
     for b in rivals:
         out[b] = {}
         for k in keys:
             if k not in point[first] or k not in point[b]: continue
-            d = np.array([s[first][k] - s[b][k] for s in draws])
-            lo, hi = (np.quantile(d, [(1 - level) / 2, (1 + level) / 2]) if n else (np.nan, np.nan))
             up = PARTIAL_BETTER.get(k, 'higher') == 'higher'
-            verdict = ('beats' if (lo > 0 if up else hi < 0) else 'loses' if (hi < 0 if up else lo > 0) else 'ties') if n else 'untested'
-            out[b][k] = dict(diff=float(point[first][k] - point[b][k]), lo=float(lo), hi=float(hi), verdict=verdict)
+            diff = float(point[first][k] - point[b][k])
+            if not n: out[b][k] = dict(diff=diff, lo=float('nan'), hi=float('nan'), verdict='untested'); continue
+            if k == 'labeled_accuracy':
+                c = metrics.paired_bootstrap(correct[first], correct[b], 'higher' if up else 'lower', n=1000, seed=seed, level=level)
+                out[b][k] = dict(diff=diff, lo=c['lo'], hi=c['hi'], verdict=c['verdict']); continue
+            d = np.array([s[first][k] - s[b][k] for s in draws])
+            lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
+            verdict = 'beats' if (lo > 0 if up else hi < 0) else 'loses' if (hi < 0 if up else lo > 0) else 'ties'
+            out[b][k] = dict(diff=diff, lo=float(lo), hi=float(hi), verdict=verdict)
     return out
