@@ -31,7 +31,7 @@ def test_baselines_tiny(tmp_path):
 
 
 def tiny_zoo(root: Path) -> Path:
-    "A zoo made the way the real one is: entries from finished tiny runs of the baselines, subspaces and idmap experiments."
+    "A zoo made the way the real one is: entries from finished tiny runs of the baselines, subspaces, idmap and zerodim experiments."
     from disentangle import zoo
     z = root / "zoo"
     zoo.add_baseline_entries(run_experiment("baselines", dict(datasets="dsprites", models="beta_vae", steps=30, pool=256, metric_scale=0.002,
@@ -40,6 +40,9 @@ def tiny_zoo(root: Path) -> Path:
                                                                baseline_steps=0, ablations=""), out=root / "runs", experiments=EXPS), zoo=z)
     zoo.add_idmap_entries(run_experiment("idmap", dict(n_train=200, steps=24, batch=8, ablations="", w_encoder_steps=24, n_eval=16, n_sequences=0,
                                                        threads=1), out=root / "runs", experiments=EXPS), zoo=z, check_n=8)
+    zoo.add_zerodim_entries(run_experiment("zerodim", dict(datasets="shapes3d", train_size=256, n_labels=64, epochs=1, amortization_epochs=1,
+                                                           synthesis_epochs=1, batch_size=32, n_eval=200, n_boot=3, threads=1),
+                                           out=root / "runs", experiments=EXPS), zoo=z, check_n=200)
     return z
 
 
@@ -78,6 +81,8 @@ def test_reproduce_tiny(tmp_path):
     assert "zoo `beta_vae-dsprites`: 30 steps" in next(l for l in table.splitlines() if l.startswith("| beta_vae-dsprites (zoo) |"))
     assert "trained in this run: 4 steps" in next(l for l in table.splitlines() if l.startswith("| AE (baseline) |"))
     assert "16 held-out faces" in (run / "reproduce.ipynb").read_text()       # method 1 on its recipe's test people (4 x 4 images)
+    assert "zoo `zerodim-shapes3d`: 24 steps" in next(l for l in table.splitlines() if l.startswith("| 4: ZeroDIM (Gabbay) |"))
+    assert "zerodim.dci_disentanglement_card" in m and "100 held-out images" in (run / "reproduce.ipynb").read_text()
     for row in ("2: latent mapping (Nitzan)", "2 baseline: W-swap of layers"):   # method 2 and its baseline from the zoo, on their held-out pairs
         assert "zoo `" in next(l for l in table.splitlines() if l.startswith(f"| {row} |")), row
     assert "zoo `idmap-synthfaces-64`: 24 steps" in table and "zoo `w_encoder-synthfaces-64`: 24 steps" in table
