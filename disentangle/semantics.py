@@ -230,7 +230,8 @@ def _run(net, x, batch=256):
 @torch.no_grad()
 def measure_edit(G, w, d, factor: str, target: float, J: Judges, region: str | None = None, iters: int = 3,
                  max_alpha: float = 50., base: dict | None = None) -> dict:
-    "Calibrate w + alpha d to move `factor` by `target` (its units) on average, then score identity, leakage, locality."
+    """Calibrate w + alpha d to move `factor` by `target` (its units) on average, then score identity (and `identity_per`
+    face), leakage, locality."""
     if factor not in sf.FI: raise KeyError(f"unknown factor {factor!r}; known: {list(sf.FACTOR_NAMES)}")
     fi, d = sf.FI[factor], d.to(w)
     lo, hi = (torch.tensor(v) for v in zip(*[(f.lo, f.hi) for f in sf.FACTORS]))
@@ -247,8 +248,9 @@ def measure_edit(G, w, d, factor: str, target: float, J: Judges, region: str | N
     dn = (f1 - base['f']) / (hi - lo)
     achieved = float((f1[:, fi] - base['f'][:, fi]).mean())
     error = abs(achieved - target) / abs(target)
+    ident = (F.normalize(_run(J.identity, img1), dim=1) * base['emb']).sum(1)          # per face, for paired intervals
     out = dict(alpha=alpha, step=float(abs(alpha) * d.norm()), achieved=achieved, error=error, reached=float(error <= 0.25),
-               identity=float((F.normalize(_run(J.identity, img1), dim=1) * base['emb']).sum(1).mean()),
+               identity=float(ident.mean()), identity_per=ident.cpu(),
                leakage=float(dn[:, [j for j in range(len(sf.FACTORS)) if j != fi]].abs().mean()))
     if region is not None:
         ids = torch.tensor([sf.CLASSES.index(c) for c in sf.REGION_CLASSES[region]])

@@ -96,6 +96,9 @@ def test_semantics_experiment_tiny(tmp_path):
     assert 0 <= m["photogeo.mad"] <= 180 and -1 <= m["photogeo.corr_yaw"] <= 1 and -1 <= m["photogeo.corr_fit_light_x"] <= 1
     assert np.isfinite(m["semantics.r2.yaw"]) and 0 <= m["semantics.sparsity.yaw"] <= 1
     assert -1 <= m["edit.yaw.ours.identity"] <= 1 and -1 <= m["edit.yaw.ganspace.identity"] <= 1
+    c = {q: m[f"compare.yaw.ganspace.identity.{q}"] for q in ("diff", "lo", "hi", "verdict")}   # paired interval over the 6 test faces
+    assert np.isclose(c["diff"], m["edit.yaw.ours.identity"] - m["edit.yaw.ganspace.identity"], atol=1e-6) and c["lo"] <= c["hi"]
+    assert c["verdict"] == (1. if c["lo"] > 0 else -1. if c["hi"] < 0 else 0.)
     assert 0 <= m["augment.augmented.balanced_accuracy"] <= 1 and np.isfinite(m["augment.gain.balanced_accuracy"])
     assert (run / "edits.png").exists() and (run / "decomposition.png").exists() and (run / "directions.safetensors").exists()
 
