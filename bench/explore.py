@@ -43,7 +43,7 @@ def main():
             t = time.perf_counter(); G.synthesis(w[:1] + d, noise_mode='const'); syn.append(time.perf_counter() - t)
     r["(generator synthesis alone, 1 face)"] = np.array(syn)
     sw = S.subspace_swapper(S.SubspaceAE(S.SubspaceConfig()))
-    sx = X.SwapExplorer(sw, faces['image'])
+    sx = X.SwapExplorer(sw, faces['image'], factors=faces['factors'])   # with the perfect swap as reference
     r["method 1 region slider + locality metric"] = moves(sx, sx.mix['eyes'], [0.5, 1.0], a.moves)
     r["method 1 swap button + locality metric"] = moves(sx, sx.toggles['mouth'], [True, False], a.moves)
     E_id = P.pretrained('id_train')

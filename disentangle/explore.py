@@ -104,51 +104,105 @@ class DirectionExplorer(Explorer):
         return [img0[0], img[0]], info
 
 # %% ../nbs/21_explore.ipynb 10
+def _caption_row(captions, width: int) -> str:
+    "HTML captions centred over panels `width` px wide (the image below has them side by side)."
+    cells = ''.join(f'<div style="width:{width}px;text-align:center;font-size:12px;line-height:1.2">{c}</div>' for c in captions)
+    return f'<div style="display:flex">{cells}</div>'
+
 class SwapExplorer(Explorer):
-    "Recipient x donor through any `subspaces.Swapper`: a slider per region subspace (0 recipient, 1 donor) and a swap button."
-    def __init__(self, swapper, faces: torch.Tensor, parser='parser', regions='paper', scale: int = 4):
+    """Recipient x donor through any `subspaces.Swapper`: a slider per region subspace (0 recipient, 1 donor) and a swap
+    button per region, one state; the change measured against the reconstruction, with a perfect swap's as reference."""
+    CAPTIONS = ('recipient', 'donor', 'reconstruction<br>(of the recipient)', 'result',
+                'change from the reconstruction<br><span style="color:#0a0">inside</span> / <span style="color:#c00">outside</span> the swapped regions')
+    def __init__(self, swapper, faces: torch.Tensor, factors=None, masks=None, parser='parser', regions='paper', dilation: int = 1, scale: int = 4):
         super().__init__(scale)
-        from disentangle import perception as P
+        from disentangle import perception as P, subspaces as S
         if faces.ndim != 4 or faces.shape[1] != 3: raise ValueError(f"SwapExplorer: faces must be (N, 3, H, W), got {tuple(faces.shape)}")
-        self.sw, self.faces, self.regions = swapper, faces, regions
-        with torch.no_grad(): self.codes = swapper.encode(faces)
-        self.parser = P.pretrained(parser) if isinstance(parser, str) else parser
-        self.recipient = widgets.IntSlider(0, 0, len(faces) - 1, description='recipient')
-        self.donor = widgets.IntSlider(min(1, len(faces) - 1), 0, len(faces) - 1, description='donor')
-        self.mix = {n: widgets.FloatSlider(0., min=0., max=1., step=0.05, description=n) for n in swapper.names}
-        self.toggles = {n: widgets.ToggleButton(False, description=f'swap {n}') for n in swapper.names}
-        for n, t in self.toggles.items(): t.observe(lambda ch, n=n: setattr(self.mix[n], 'value', 1. if ch['new'] else 0.), names='value')
-        self._watch(self.recipient, self.donor, *self.mix.values())
+        for what, v, shape in (('factors', factors, (len(faces),)), ('masks', masks, (len(faces), *faces.shape[-2:]))):
+            if v is not None and tuple(v.shape[:len(shape)]) != shape:
+                raise ValueError(f"SwapExplorer: {what} must start with {shape} to match the faces, got {tuple(v.shape)}")
+        self.sw, self.faces, self.regions, self.dilation = swapper, faces, regions, dilation
+        self.factors = None if factors is None else torch.as_tensor(factors, dtype=torch.float32)
+        self.masks = masks if masks is not None else (S.sf.render_factors(self.factors, faces.shape[-1])['mask'] if factors is not None else None)
+        self.perfect = S.renderer_swapper(faces, self.factors, regions) if factors is not None else None
+        with torch.no_grad():
+            self.codes = swapper.encode(faces); self.recon = swapper.decode(self.codes).clamp(-1, 1)
+            self.perfect_codes = self.perfect.encode(faces) if self.perfect is not None else None
+        self.parser = P.pretrained(parser) if isinstance(parser, str) and self.masks is None else (None if isinstance(parser, str) else parser)
+        wide = dict(style={'description_width': '110px'}, layout=widgets.Layout(width='360px'))
+        self.recipient = widgets.IntSlider(0, 0, len(faces) - 1, description='recipient face', tooltip='the face that receives the parts', **wide)
+        self.donor = widgets.IntSlider(min(1, len(faces) - 1), 0, len(faces) - 1, description='donor face', tooltip='the face the parts come from', **wide)
+        self.mix = {n: widgets.FloatSlider(0., min=0., max=1., step=0.05, description=n, readout_format='.0%',
+                                           tooltip=f"{n}: 0 = the recipient's subspace, 1 = the donor's", **wide) for n in swapper.names}
+        self.toggles = {n: widgets.ToggleButton(False, description=f'swap {n}', tooltip=f"take the {n} subspace wholly from the donor",
+                                                layout=widgets.Layout(width='auto')) for n in swapper.names}
+        self.captions = widgets.HTML(_caption_row(self.CAPTIONS, faces.shape[-1] * scale))
+        self._syncing = False
+        for n in swapper.names:
+            self.toggles[n].observe(lambda ch, n=n: self._toggled(n, ch['new']), names='value')
+            self.mix[n].observe(lambda ch, n=n: self._slid(n, ch['new']), names='value')
+        self._watch(self.recipient, self.donor)
         self.redraw()
-    def controls(self): return [self.recipient, self.donor, *self.mix.values(), widgets.HBox(list(self.toggles.values()))]
+    def controls(self): return [self.recipient, self.donor, *self.mix.values(), widgets.HBox(list(self.toggles.values()), layout=widgets.Layout(flex_flow='row wrap', width='360px'))]
+    @property
+    def ui(self): return widgets.HBox([widgets.VBox(self.controls()), widgets.VBox([self.captions, self.view, self.info])])
+    def _set(self, n, value):
+        "Slider and button of region n to `value` (0..1) without redrawing."
+        self._syncing = True
+        try: self.mix[n].value = value; self.toggles[n].value = value >= 1.
+        finally: self._syncing = False
+    def _toggled(self, n, on):
+        if self._syncing: return
+        self._set(n, 1. if on else 0.); self.redraw()
+    def _slid(self, n, value):
+        if self._syncing: return
+        self._set(n, value); self.redraw()
     def swap(self, **on):
         "Take regions wholly from the donor (name=True) or the recipient (False), redrawing once."
         bad = [k for k in on if k not in self.mix]
         if bad: raise KeyError(f"unknown region {bad[0]!r}; this swapper's regions: {list(self.mix)}")
-        for k, v in on.items():
-            m = self.mix[k]; m.unobserve(self.redraw, names='value'); m.value = 1. if v else 0.; m.observe(self.redraw, names='value')
+        for k, v in on.items(): self._set(k, 1. if v else 0.)
         self.redraw()
+    def _mixed(self, sw, codes, r, d):
+        code = codes[r:r + 1].clone()
+        for k, n in enumerate(self.sw.names):
+            t, idx = self.mix[n].value, sw.groups[k]
+            if t: code[:, idx] = (1 - t) * codes[r:r + 1, idx] + t * codes[d:d + 1, idx]
+        return sw.decode(code)[0].clamp(-1, 1)
+    def _inside(self, r, d, on, out):
+        "Pixels (H, W) of the swapped regions in the recipient's mask and in the mask of the face a perfect swap gives (or the parser's), dilated."
+        from disentangle import subspaces as S
+        ids = torch.tensor([self.sw.names.index(n) for n in on])
+        if self.masks is not None:
+            f = self.factors[r:r + 1].clone()
+            for n in on: f[:, S.factor_groups(self.regions)[n]] = self.factors[d:d + 1, S.factor_groups(self.regions)[n]]
+            after = S.sf.render_factors(f, self.faces.shape[-1])['mask'][0]
+            before = self.masks[r]
+        else:
+            before, after = (self.parser.parse(im[None]).long()[0] for im in (self.recon[r], out))
+        inside = torch.isin(S.region_labels(before[None], self.regions)[0], ids) | torch.isin(S.region_labels(after[None], self.regions)[0], ids)
+        if self.dilation: inside = F.max_pool2d(inside.float()[None, None], 2 * self.dilation + 1, 1, self.dilation)[0, 0] > 0
+        return inside
     @torch.no_grad()
     def render(self):
-        from disentangle import subspaces as S
+        from disentangle import metrics
         r, d = self.recipient.value, self.donor.value
-        code = self.codes[r:r + 1].clone()
-        for k, n in enumerate(self.sw.names):
-            t, idx = self.mix[n].value, self.sw.groups[k]
-            if t: code[:, idx] = (1 - t) * self.codes[r:r + 1, idx] + t * self.codes[d:d + 1, idx]
-        out = self.sw.decode(code)[0].clamp(-1, 1)
-        x = self.faces[r]
+        out, rec = self._mixed(self.sw, self.codes, r, d), self.recon[r]
         on = [n for n in self.sw.names if self.mix[n].value]
         said = ', '.join(f"{n} {self.mix[n].value:.0%}" for n in on) or 'none'
-        if self.parser is None or not on: return [x, self.faces[d], out], f"from the donor: {said}"
-        c2r = S.class_to_region(self.regions)
-        ids = torch.tensor([self.sw.names.index(n) for n in on])
-        lab = lambda im: c2r[self.parser.parse(im[None]).long()][0]
-        inside = torch.isin(lab(x), ids) | torch.isin(lab(out), ids)
-        change = (out - x).abs().sum(0)
-        share = float((change * inside).sum() / change.sum().clamp(min=1e-12))
-        mask = torch.where(inside, torch.tensor(1.), torch.tensor(-1.)).expand(3, -1, -1)
-        return [x, self.faces[d], out, mask], f"from the donor: {said}; change inside those regions: <b>{share:.0%}</b>"
+        change = (out - rec).abs().sum(0)
+        if not on or float(change.sum()) == 0.:
+            return [self.faces[r], self.faces[d], rec, out, torch.full_like(out, -1.)], f"from the donor: {said}; nothing changed"
+        inside = self._inside(r, d, on, out)
+        share = float(metrics.edit_locality(rec[None], out[None], inside[None]))
+        level = (change / change.max().clamp(min=1e-12)).clamp(0, 1) * 2 - 1                       # [-1, 1]
+        cmap = torch.stack([torch.where(inside, -1., level), torch.where(inside, level, -1.), torch.full_like(level, -1.)])
+        info = f"from the donor: {said}; change inside the swapped regions: <b>{share:.0%}</b>"
+        if self.perfect is not None:
+            perfect = self._mixed(self.perfect, self.perfect_codes, r, d)
+            ref = float(metrics.edit_locality(self.faces[r][None], perfect[None], inside[None]))
+            info += f" (a perfect swap of these two faces: {ref:.0%})"
+        return [self.faces[r], self.faces[d], rec, out, cmap], info
 
 # %% ../nbs/21_explore.ipynb 12
 class IdentityMixer(Explorer):

@@ -10,9 +10,9 @@ import disentangle
 from .core import Registry
 
 # %% auto 0
-__all__ = ['RESULTS', 'TABLES', 'BEGIN', 'END', 'SUBSPACE_REGIONS', 'ZERODIM_MODELS', 'ZERODIM_TARGETS', 'saved_run',
-           'metric_table', 'provenance', 'block_ids', 'stale_tables', 'write_tables', 'idmap_table', 'subspaces_table',
-           'zoo_summary', 'zerodim_table', 'semantics_table']
+__all__ = ['RESULTS', 'TABLES', 'BEGIN', 'END', 'SUBSPACE_REGIONS', 'ZERODIM_MODELS', 'ZERODIM_TARGETS', 'METHOD_TABLES',
+           'saved_run', 'metric_table', 'provenance', 'block_ids', 'stale_tables', 'write_tables', 'idmap_table',
+           'subspaces_table', 'zoo_summary', 'zerodim_table', 'semantics_table', 'verdict_lines', 'method_status']
 
 # %% ../nbs/22_results.ipynb 5
 RESULTS = Path(disentangle.__file__).resolve().parent.parent / 'results'
@@ -283,3 +283,20 @@ def semantics_table(root=None, name='symmetric-3000') -> str:
     note = (f"The decomposition is scored on {params['n_score']} SynthFaces test renders, the edits on {params['n_compare']} generated faces, "
             f"the regression on {params['n_samples']:,} generator samples. Whole run {m['time_s'] / 60:.0f} min.")
     return '\n'.join(['\n'.join(deco), '', '\n'.join(edits), '', '\n'.join(aug), '', provenance(run) + ' ' + note, '', _verdicts(v)])
+
+# %% ../nbs/22_results.ipynb 22
+METHOD_TABLES = {'1: independent subspaces': 'subspaces/full-2000', '2: identity by latent mapping': 'idmap/full-1000',
+                 '3: linear-encoded semantics': 'semantics/symmetric-3000', '4: ZeroDIM': 'zerodim/reduced-10'}
+
+def verdict_lines(table: str) -> list:
+    "(text, met) of every verdict line ('- **yes**: ...' / '- **no**: ...') of a generated table."
+    return [(l.split(':', 1)[1].strip(), l.startswith('- **yes**')) for l in table.splitlines() if l.startswith(('- **yes**:', '- **no**:'))]
+
+@TABLES.register('status/methods')
+def method_status(root=None) -> str:
+    rows = ['| method | kept run | criteria met | not met |', '|---|---|---:|---|']
+    for method, tid in METHOD_TABLES.items():
+        v = verdict_lines(TABLES[tid](root))
+        missing = '; '.join(t for t, ok in v if not ok) or '(none)'
+        rows.append(f"| {method} | `results/{tid}` | {sum(ok for _, ok in v)} of {len(v)} | {missing} |")
+    return '\n'.join(rows)
