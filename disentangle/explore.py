@@ -41,11 +41,15 @@ class Explorer(abc.ABC):
         t = time.perf_counter()
         images, info = self.render()
         self.view.value, self.info.value = to_png(images, self.scale), info
+        width = f"{sum(x.shape[-1] for x in images) * self.scale}px"        # its own size: not stretched to the output's width
+        if self.view.layout.width != width: self.view.layout.width = width
         self.last_redraw_s = time.perf_counter() - t
     def _watch(self, *ws):
         for w in ws: w.observe(self.redraw, names='value')
     @property
-    def ui(self): return widgets.VBox([widgets.HBox([widgets.VBox(self.controls()), widgets.VBox([self.view, self.info])])])
+    def ui(self):
+        box = widgets.VBox([widgets.HBox([widgets.VBox(self.controls()), widgets.VBox([self.view, self.info])])]); box.add_class('disentangle-explorer')
+        return box
     def _ipython_display_(self):
         from IPython.display import display
         display(self.ui)
@@ -114,7 +118,7 @@ class SwapExplorer(Explorer):
     button per region, one state; the change measured against the reconstruction, with a perfect swap's as reference."""
     CAPTIONS = ('recipient', 'donor', 'reconstruction<br>(of the recipient)', 'result',
                 'change from the reconstruction<br><span style="color:#0a0">inside</span> / <span style="color:#c00">outside</span> the swapped regions')
-    def __init__(self, swapper, faces: torch.Tensor, factors=None, masks=None, parser='parser', regions='paper', dilation: int = 1, scale: int = 4):
+    def __init__(self, swapper, faces: torch.Tensor, factors=None, masks=None, parser='parser', regions='paper', dilation: int = 1, scale: int = 2):
         super().__init__(scale)
         from disentangle import perception as P, subspaces as S
         if faces.ndim != 4 or faces.shape[1] != 3: raise ValueError(f"SwapExplorer: faces must be (N, 3, H, W), got {tuple(faces.shape)}")
@@ -143,9 +147,14 @@ class SwapExplorer(Explorer):
             self.mix[n].observe(lambda ch, n=n: self._slid(n, ch['new']), names='value')
         self._watch(self.recipient, self.donor)
         self.redraw()
-    def controls(self): return [self.recipient, self.donor, *self.mix.values(), widgets.HBox(list(self.toggles.values()), layout=widgets.Layout(flex_flow='row wrap', width='360px'))]
+    def controls(self): return [self.recipient, self.donor, *self.mix.values(), *self.toggles.values()]
     @property
-    def ui(self): return widgets.HBox([widgets.VBox(self.controls()), widgets.VBox([self.captions, self.view, self.info])])
+    def ui(self):
+        "Controls above the five panels (which need the width): faces and regions in two columns, the buttons in a row."
+        faces = widgets.VBox([self.recipient, self.donor]); regions = widgets.VBox(list(self.mix.values()))
+        buttons = widgets.HBox(list(self.toggles.values()), layout=widgets.Layout(flex_flow='row wrap'))
+        box = widgets.VBox([widgets.HBox([faces, regions]), buttons, self.captions, self.view, self.info]); box.add_class('disentangle-explorer')
+        return box
     def _set(self, n, value):
         "Slider and button of region n to `value` (0..1) without redrawing."
         self._syncing = True

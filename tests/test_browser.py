@@ -45,7 +45,21 @@ def pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)
 
 
+def poll_change(page, image, before, tries=60, threshold=1.0):
+    "Poll the explorer's picture until it differs from `before` (the kernel redraws): (mean pixel change, the last screenshot)."
+    changed, after = 0.0, before
+    for _ in range(tries):
+        page.wait_for_timeout(500)
+        after = image.screenshot()
+        a, b = pixels(before), pixels(after)
+        changed = float(np.abs(a - b).mean()) if a.shape == b.shape else 255.0
+        if changed > threshold: break
+    return changed, after
+
+
 def test_quickstart_explorer_in_jupyterlab(tmp_path):
+    "The quickstart in JupyterLab: sliders and buttons redraw, a button click presses it, the trained eye swap's metric, labels that fit, a screenshot per explorer."
+    artifacts = Path(os.environ.get("DISENTANGLE_TEST_ARTIFACTS") or tmp_path); artifacts.mkdir(parents=True, exist_ok=True)
     gaps = missing_pieces()
     if gaps:
         if os.environ.get("DISENTANGLE_BROWSER_TEST") == "required": pytest.fail(f"browser test: missing {gaps}")
@@ -65,15 +79,15 @@ def test_quickstart_explorer_in_jupyterlab(tmp_path):
         wait_for(f"http://127.0.0.1:{port}/api/status?token={token}")
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(f"http://127.0.0.1:{port}/lab/tree/quickstart.ipynb?token={token}", wait_until="domcontentloaded")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
             try: page.locator(".jp-Dialog button", has_text="Select").first.click(timeout=20_000)    # the kernel chooser, when asked
             except Exception: pass
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
             page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-            # the last explorer (method 1 trained here) draws its image when its cell has run
-            try: page.wait_for_function("document.querySelectorAll('img.widget-image').length >= 2", timeout=300_000)
+            # the three explorers (the renderer, the zoo model, one trained here by the last cell) drawn: every cell has run
+            try: page.wait_for_function("document.querySelectorAll('.disentangle-explorer img.widget-image').length >= 3", timeout=300_000)
             except Exception:
                 page.screenshot(path=str(tmp_path / "timeout.png"), full_page=True); raise
             image = page.locator("img.widget-image").last
@@ -83,16 +97,33 @@ def test_quickstart_explorer_in_jupyterlab(tmp_path):
             donor = page.locator(".widget-hslider", has_text="donor").last
             donor.locator(".noUi-handle").click()
             for _ in range(2): page.keyboard.press("ArrowRight")
-            changed, after = 0.0, before
-            for _ in range(60):                       # the kernel redraws; poll the picture
-                page.wait_for_timeout(500)
-                after = image.screenshot()
-                a, b = pixels(before), pixels(after)
-                changed = float(np.abs(a - b).mean()) if a.shape == b.shape else 255.0
-                if changed > 1.0: break
+            changed, after = poll_change(page, image, before)
             (tmp_path / "after.png").write_bytes(after)
+            # the zoo model's explorer: the notebook left the eyes swapped; its line reports the locality against the reconstruction
+            explorers = page.locator(".disentangle-explorer")       # renderer, zoo model, own model
+            box = explorers.nth(1); box.scroll_into_view_if_needed(); image = box.locator("img.widget-image")
+            info = box.locator(".widget-html", has_text="change inside the swapped regions").last
+            eyes_text = info.inner_text()
+            # a click on "swap mouth" presses the button and changes the image
+            button = box.locator("button.widget-toggle-button", has_text="swap mouth")
+            pressed_before = "mod-active" in (button.get_attribute("class") or "")
+            shot = image.screenshot()
+            button.click()
+            toggled, _ = poll_change(page, image, shot, threshold=0.01)      # a mouth swap moves few pixels (an unchanged picture: exactly 0)
+            pressed_after = "mod-active" in (button.get_attribute("class") or "")
+            mouth_text = info.inner_text()
+            # no control label or button text is cut at this width (1280 px, the issue's screen)
+            cut = page.evaluate("""[...document.querySelectorAll('.widget-label, button.widget-toggle-button, .widget-readout')]
+                .filter(e => e.offsetParent && e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)""")
+            for k, ex in enumerate(explorers.all()):
+                ex.scroll_into_view_if_needed(); ex.screenshot(path=str(artifacts / f"explorer-{k}.png"))     # one per explorer
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
             browser.close()
+        share = lambda t: float(t.split("regions:")[1].split("%")[0])
+        assert "eyes 100%" in eyes_text and share(eyes_text) > 50, f"the trained eye swap's line: {eyes_text!r}"
+        assert not pressed_before and pressed_after and toggled > 0.01, (pressed_before, pressed_after, toggled)
+        assert "mouth 100%" in mouth_text, mouth_text
+        assert not cut, f"labels cut at 1280 px: {cut}"
         assert changed > 1.0, f"the explorer's image did not change after moving the donor slider (mean pixel change {changed:.2f}); screenshots in {tmp_path}"
     finally:
         server.terminate()
