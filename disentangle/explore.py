@@ -28,12 +28,22 @@ def to_png(images, scale: int = 4) -> bytes:
     buf = io.BytesIO(); Image.fromarray(arr).save(buf, format='png', compress_level=1)
     return buf.getvalue()
 
+def _caption_row(captions, width: int) -> str:
+    "HTML captions centred over panels `width` px wide (the image below has them side by side)."
+    cells = ''.join(f'<div style="width:{width}px;text-align:center;font-size:12px;line-height:1.2">{c}</div>' for c in captions)
+    return f'<div style="display:flex">{cells}</div>'
+
+def _wide() -> dict: return dict(style={'description_width': '110px'}, layout=widgets.Layout(width='360px'))   # controls whose labels fit
+
 class Explorer(abc.ABC):
-    "Base of the explorers: an image view, a line of information, and `redraw()` on every widget change."
+    """Base of the explorers: controls, a caption over each image panel, the panels drawn at their own size, a line of
+    information, and `redraw()` on every widget change."""
+    CAPTIONS: tuple = ()
     def __init__(self, scale: int = 4):
-        self.scale, self.view, self.info = scale, widgets.Image(format='png'), widgets.HTML()
+        self.scale, self.view, self.info, self.captions = scale, widgets.Image(format='png'), widgets.HTML(), widgets.HTML()
         self.last_redraw_s = float('nan')
     def controls(self) -> list: return []
+    def captions_now(self) -> tuple: return self.CAPTIONS
     @abc.abstractmethod
     def render(self) -> tuple:
         "(images to show side by side, information HTML) of the current state."
@@ -43,12 +53,15 @@ class Explorer(abc.ABC):
         self.view.value, self.info.value = to_png(images, self.scale), info
         width = f"{sum(x.shape[-1] for x in images) * self.scale}px"        # its own size: not stretched to the output's width
         if self.view.layout.width != width: self.view.layout.width = width
+        caps = self.captions_now()
+        self.captions.value = _caption_row(caps, images[0].shape[-1] * self.scale) if caps else ''
         self.last_redraw_s = time.perf_counter() - t
     def _watch(self, *ws):
         for w in ws: w.observe(self.redraw, names='value')
     @property
     def ui(self):
-        box = widgets.VBox([widgets.HBox([widgets.VBox(self.controls()), widgets.VBox([self.view, self.info])])]); box.add_class('disentangle-explorer')
+        box = widgets.VBox([widgets.HBox([widgets.VBox(self.controls()), widgets.VBox([self.captions, self.view, self.info])])])
+        box.add_class('disentangle-explorer')
         return box
     def _ipython_display_(self):
         from IPython.display import display
@@ -57,6 +70,7 @@ class Explorer(abc.ABC):
 # %% ../nbs/21_explore.ipynb 8
 class DirectionExplorer(Explorer):
     "Sliders along named directions (D,) of W: G(w + sum_k a_k d_k) beside G(w), with the identity kept."
+    CAPTIONS = ('the face, G(w)', 'edited, G(w + Σ a<sub>k</sub> d<sub>k</sub>)')
     def __init__(self, G, w: torch.Tensor, directions: dict, limit: float = 3., step: float = 0.1, judge='id_judge', scale: int = 4):
         super().__init__(scale)
         if not directions: raise ValueError("DirectionExplorer: no directions")
@@ -68,10 +82,11 @@ class DirectionExplorer(Explorer):
         self.G, self.w = G, w
         self.directions = {k: v.float() for k, v in directions.items()}
         self.judge = P.pretrained(judge) if isinstance(judge, str) else judge
-        self.face = widgets.IntSlider(0, 0, len(w) - 1, description='face')
-        self.sliders = {k: widgets.FloatSlider(0., min=-limit, max=limit, step=step, description=k, continuous_update=True)
+        self.face = widgets.IntSlider(0, 0, len(w) - 1, description='face', tooltip='which sampled face', **_wide())
+        self.sliders = {k: widgets.FloatSlider(0., min=-limit, max=limit, step=step, description=k, continuous_update=True,
+                                               tooltip=f"{k}: how far w moves along its direction (in units of the direction's length)", **_wide())
                         for k in self.directions}
-        self.reset = widgets.Button(description='reset')
+        self.reset = widgets.Button(description='reset', tooltip='every slider back to 0')
         self.reset.on_click(lambda _: self.set(**{k: 0. for k in self.sliders}))
         self._watch(self.face, *self.sliders.values())
         self._base = {}
@@ -108,11 +123,6 @@ class DirectionExplorer(Explorer):
         return [img0[0], img[0]], info
 
 # %% ../nbs/21_explore.ipynb 10
-def _caption_row(captions, width: int) -> str:
-    "HTML captions centred over panels `width` px wide (the image below has them side by side)."
-    cells = ''.join(f'<div style="width:{width}px;text-align:center;font-size:12px;line-height:1.2">{c}</div>' for c in captions)
-    return f'<div style="display:flex">{cells}</div>'
-
 class SwapExplorer(Explorer):
     """Recipient x donor through any `subspaces.Swapper`: a slider per region subspace (0 recipient, 1 donor) and a swap
     button per region, one state; the change measured against the reconstruction, with a perfect swap's as reference."""
@@ -133,14 +143,12 @@ class SwapExplorer(Explorer):
             self.codes = swapper.encode(faces); self.recon = swapper.decode(self.codes).clamp(-1, 1)
             self.perfect_codes = self.perfect.encode(faces) if self.perfect is not None else None
         self.parser = P.pretrained(parser) if isinstance(parser, str) and self.masks is None else (None if isinstance(parser, str) else parser)
-        wide = dict(style={'description_width': '110px'}, layout=widgets.Layout(width='360px'))
-        self.recipient = widgets.IntSlider(0, 0, len(faces) - 1, description='recipient face', tooltip='the face that receives the parts', **wide)
-        self.donor = widgets.IntSlider(min(1, len(faces) - 1), 0, len(faces) - 1, description='donor face', tooltip='the face the parts come from', **wide)
+        self.recipient = widgets.IntSlider(0, 0, len(faces) - 1, description='recipient face', tooltip='the face that receives the parts', **_wide())
+        self.donor = widgets.IntSlider(min(1, len(faces) - 1), 0, len(faces) - 1, description='donor face', tooltip='the face the parts come from', **_wide())
         self.mix = {n: widgets.FloatSlider(0., min=0., max=1., step=0.05, description=n, readout_format='.0%',
-                                           tooltip=f"{n}: 0 = the recipient's subspace, 1 = the donor's", **wide) for n in swapper.names}
+                                           tooltip=f"{n}: 0 = the recipient's subspace, 1 = the donor's", **_wide()) for n in swapper.names}
         self.toggles = {n: widgets.ToggleButton(False, description=f'swap {n}', tooltip=f"take the {n} subspace wholly from the donor",
                                                 layout=widgets.Layout(width='auto')) for n in swapper.names}
-        self.captions = widgets.HTML(_caption_row(self.CAPTIONS, faces.shape[-1] * scale))
         self._syncing = False
         for n in swapper.names:
             self.toggles[n].observe(lambda ch, n=n: self._toggled(n, ch['new']), names='value')
@@ -216,13 +224,15 @@ class SwapExplorer(Explorer):
 # %% ../nbs/21_explore.ipynb 12
 class IdentityMixer(Explorer):
     "Identity face x attribute face through a trained `idmap.IDDisentangler`."
+    CAPTIONS = ('identity face', 'attribute face', 'result: its identity,<br>the other\'s attributes')
     def __init__(self, model, faces: torch.Tensor, judge='id_judge', scale: int = 4):
         super().__init__(scale)
         from disentangle import perception as P
         self.model, self.faces = model.eval(), faces
         self.judge = P.pretrained(judge) if isinstance(judge, str) else judge
-        self.identity = widgets.IntSlider(0, 0, len(faces) - 1, description='identity')
-        self.attributes = widgets.IntSlider(min(1, len(faces) - 1), 0, len(faces) - 1, description='attributes')
+        self.identity = widgets.IntSlider(0, 0, len(faces) - 1, description='identity face', tooltip='the face whose person is kept', **_wide())
+        self.attributes = widgets.IntSlider(min(1, len(faces) - 1), 0, len(faces) - 1, description='attribute face',
+                                            tooltip='the face whose pose, expression and light are kept', **_wide())
         self._watch(self.identity, self.attributes)
         self.redraw()
     def controls(self): return [self.identity, self.attributes]
@@ -244,9 +254,9 @@ class FactorExplorer(Explorer):
         super().__init__(scale)
         self.model, self.faces, self.image_range = model.eval(), faces, image_range
         names = list(model.cfg.factor_names)
-        self.face = widgets.IntSlider(0, 0, len(faces) - 1, description='face')
-        self.factor = widgets.Dropdown(options=names, value=names[0], description='factor')
-        self.value = widgets.IntSlider(0, 0, model.cfg.factor_sizes[0] - 1, description='value')
+        self.face = widgets.IntSlider(0, 0, len(faces) - 1, description='face', tooltip='which held-out image', **_wide())
+        self.factor = widgets.Dropdown(options=names, value=names[0], description='labeled factor', tooltip='the factor to set', **_wide())
+        self.value = widgets.IntSlider(0, 0, model.cfg.factor_sizes[0] - 1, description='its value', tooltip='the class the factor is set to', **_wide())
         self.factor.observe(self._factor_changed, names='value')
         self._watch(self.face, self.value)
         self.redraw()
@@ -256,6 +266,7 @@ class FactorExplorer(Explorer):
         self.value.max = self.model.cfg.factor_sizes[f] - 1; self.value.value = min(self.value.value, self.value.max)
         self.value.observe(self.redraw, names='value'); self.redraw()
     def controls(self): return [self.face, self.factor, self.value]
+    def captions_now(self): return ('input', f"{self.factor.value} set to {self.value.value}<br>(residual and other factors kept)")
     @torch.no_grad()
     def render(self):
         x = self.faces[self.face.value][None]
