@@ -12,8 +12,8 @@ import ipywidgets as widgets
 from PIL import Image
 
 # %% auto 0
-__all__ = ['to_png', 'Explorer', 'DirectionExplorer', 'SwapExplorer', 'IdentityMixer', 'FactorExplorer', 'latent_scatter',
-           'depth_surface']
+__all__ = ['to_png', 'Explorer', 'DirectionExplorer', 'calibrate_directions', 'SwapExplorer', 'IdentityMixer', 'FactorExplorer',
+           'latent_scatter', 'depth_surface']
 
 # %% ../nbs/21_explore.ipynb 5
 def to_png(images, scale: int = 4) -> bytes:
@@ -71,7 +71,8 @@ class Explorer(abc.ABC):
 class DirectionExplorer(Explorer):
     "Sliders along named directions (D,) of W: G(w + sum_k a_k d_k) beside G(w), with the identity kept."
     CAPTIONS = ('the face, G(w)', 'edited, G(w + Σ a<sub>k</sub> d<sub>k</sub>)')
-    def __init__(self, G, w: torch.Tensor, directions: dict, limit: float = 3., step: float = 0.1, judge='id_judge', scale: int = 4):
+    def __init__(self, G, w: torch.Tensor, directions: dict, limit: float | dict = 3., step: float = 0.1, judge='id_judge', scale: int = 4,
+                 tooltips: dict | None = None):
         super().__init__(scale)
         if not directions: raise ValueError("DirectionExplorer: no directions")
         D = G.cfg.style_dim
@@ -83,8 +84,10 @@ class DirectionExplorer(Explorer):
         self.directions = {k: v.float() for k, v in directions.items()}
         self.judge = P.pretrained(judge) if isinstance(judge, str) else judge
         self.face = widgets.IntSlider(0, 0, len(w) - 1, description='face', tooltip='which sampled face', **_wide())
-        self.sliders = {k: widgets.FloatSlider(0., min=-limit, max=limit, step=step, description=k, continuous_update=True,
-                                               tooltip=f"{k}: how far w moves along its direction (in units of the direction's length)", **_wide())
+        lim = lambda k: float(limit[k]) if isinstance(limit, dict) else float(limit)      # per direction (e.g. `calibrate_directions`)
+        self.sliders = {k: widgets.FloatSlider(0., min=-lim(k), max=lim(k), step=min(step, lim(k) / 20), description=k, continuous_update=True,
+                                               tooltip=(tooltips or {}).get(k, f"{k}: how far w moves along its direction (in units of its length)"),
+                                               style={'description_width': '150px'}, layout=widgets.Layout(width='420px'))
                         for k in self.directions}
         self.reset = widgets.Button(description='reset', tooltip='every slider back to 0')
         self.reset.on_click(lambda _: self.set(**{k: 0. for k in self.sliders}))
@@ -123,6 +126,37 @@ class DirectionExplorer(Explorer):
         return [img0[0], img[0]], info
 
 # %% ../nbs/21_explore.ipynb 10
+def _unit(f) -> str: return 'rad' if '(rad)' in f.doc else f"{f.lo:g}..{f.hi:g}"
+
+@torch.no_grad()
+def calibrate_directions(G, w: torch.Tensor, directions: dict, judges=None, amount: float = 2., reach: float = 3.,
+                         drop_entangled: bool = False) -> tuple:
+    """({label: direction scaled to one unit of the factor it moves}, {label: slider limit}, {label: measurement}) of
+    named directions (D,) of W, measured by the factor judge on the faces of `w` (N, D)."""
+    from disentangle import semantics as se, synthfaces as sf
+    J = judges or se.judges()
+    names = list(directions)
+    resp = se.factor_response(G, w, torch.stack([directions[n].float() for n in names]), J, amount)   # (M, F), in range units per `amount`
+    span = torch.tensor([f.hi - f.lo for f in sf.FACTORS])
+    dirs, limits, info = {}, {}, {}
+    for n, r in zip(names, resp):
+        own = [sf.FI[n]] if n in sf.FI else [j for j, f in enumerate(sf.FACTORS) if f.region == n.split('_')[0]] or list(range(len(sf.FACTORS)))
+        j = max(own, key=lambda j: abs(float(r[j])))
+        other = max((i for i in range(len(r)) if i != j), key=lambda i: abs(float(r[i])))
+        per = float(r[j] * span[j]) / amount                                   # factor units per unit of the direction
+        entangled = abs(float(r[other])) > abs(float(r[j]))
+        if entangled and drop_entangled: continue
+        f = sf.FACTORS[j]
+        label = f"{f.name} ({_unit(f)})" + (' ⚠' if entangled else '')
+        if abs(per) < 1e-8: continue                                           # moves nothing the judge reads
+        dirs[label] = directions[n].float() / per
+        limits[label] = min(abs(per) * reach, (f.hi - f.lo) / 2)
+        tip = (f"direction {n}: moves {f.name} by {per:+.3g} {_unit(f)} per unit of its length; the slider is in {f.name}'s units"
+               + (f"; ⚠ it moves {sf.FACTORS[other].name} more (in fractions of each range)" if entangled else ''))
+        info[label] = dict(direction=n, factor=f.name, per_unit=per, other=sf.FACTORS[other].name, entangled=entangled, tooltip=tip)
+    return dirs, limits, info
+
+# %% ../nbs/21_explore.ipynb 12
 class SwapExplorer(Explorer):
     """Recipient x donor through any `subspaces.Swapper`: a slider per region subspace (0 recipient, 1 donor) and a swap
     button per region, one state; the change measured against the reconstruction, with a perfect swap's as reference."""
@@ -221,7 +255,7 @@ class SwapExplorer(Explorer):
             info += f" (a perfect swap of these two faces: {ref:.0%})"
         return [self.faces[r], self.faces[d], rec, out, cmap], info
 
-# %% ../nbs/21_explore.ipynb 12
+# %% ../nbs/21_explore.ipynb 14
 class IdentityMixer(Explorer):
     "Identity face x attribute face through a trained `idmap.IDDisentangler`."
     CAPTIONS = ('identity face', 'attribute face', 'result: its identity,<br>the other\'s attributes')
@@ -247,7 +281,7 @@ class IdentityMixer(Explorer):
             info = f"identity similarity to the identity face: <b>{float((self.judge(out) * self.judge(xi)).sum()):.3f}</b>"
         return [xi[0], xa[0], out[0]], info
 
-# %% ../nbs/21_explore.ipynb 14
+# %% ../nbs/21_explore.ipynb 16
 class FactorExplorer(Explorer):
     "A face with one labeled factor set, through a trained ZeroDIM model."
     def __init__(self, model, faces: torch.Tensor, image_range=(0., 1.), scale: int = 4):
@@ -277,7 +311,7 @@ class FactorExplorer(Explorer):
         x, out = [(t - lo) / (hi - lo) * 2 - 1 for t in (x, out)]
         return [x[0].expand(3, -1, -1), out[0].expand(3, -1, -1)], f"{self.factor.value} asked {self.value.value}, the model reads <b>{int(pred)}</b> back"
 
-# %% ../nbs/21_explore.ipynb 16
+# %% ../nbs/21_explore.ipynb 18
 def latent_scatter(codes: torch.Tensor, values, name: str = 'factor', dims=None, labels=None):
     "plotly scatter of codes (N, D) on their first two principal components (or the coordinates `dims`), coloured by `values` (N,)."
     import plotly.graph_objects as go
