@@ -53,7 +53,7 @@ def main():
     out = [f"### Explorer redraw at 64 px (`bench/explore.py --moves {a.moves} --threads {a.threads}`, {os.cpu_count()} cores, load {load:.1f}, torch {torch.__version__})", "",
            "| widget change | median ms | p90 ms | 100 ms target / median |", "|---|---|---|---|"]
     out += [f"| {k} | {1000 * np.median(v):.1f} | {1000 * np.percentile(v, 90):.1f} | {0.1 / np.median(v):.1f}x |" for k, v in r.items()]
-    out += ["", "Each change redraws through the widget's observer (render, then PNG encode at 4x), as a user's move does; "
+    out += ["", "Each change redraws through the widget's observer (render, then PNG encode at the explorer's scale: 4x, the swap explorer 2x), as a user's move does; "
             "the synthesis row is the generator's share, timed in the same run. Weights do not change the cost, so the "
             "method 1 and 2 models are untrained."]
     text = "\n".join(out)
