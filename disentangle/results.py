@@ -165,13 +165,21 @@ def subspaces_table(root=None, name='full-2000') -> str:
     t = metric_table(m, rows, cols, best=list(rows)[:4])
     rivals = ('no_mask', 'no_independence', 'beta_vae')
     v = []
+    ivl = 'compare.locality.subspaces-no_mask.lo' in m          # the run kept paired intervals over the test faces
     for k, target in (('locality', 0.9), ('donor_r2', 0.7), ('kept_r2', 0.9)):
         ours = m[f'subspaces.{k}']
         v.append((f"{k} {ours:.3f} ≥ {target}", ours >= target))
-        v.append((f"{k} above " + ', '.join(f"{r} ({m[f'{r}.{k}']:.3f})" for r in rivals), all(ours > m[f'{r}.{k}'] for r in rivals)))
+        if ivl:
+            c = lambda r, q: m[f'compare.{k}.subspaces-{r}.{q}']
+            v.append((f"{k} above " + ', '.join(f"{r} (subspaces − {r} {c(r, 'diff'):+.3f} [{c(r, 'lo'):+.3f}, {c(r, 'hi'):+.3f}])" for r in rivals),
+                      all(c(r, 'lo') > 0 for r in rivals)))
+        else: v.append((f"{k} above " + ', '.join(f"{r} ({m[f'{r}.{k}']:.3f})" for r in rivals) + " (no interval kept)", all(ours > m[f'{r}.{k}'] for r in rivals)))
     per = ', '.join(f"{r} {m[f'subspaces.{r}.locality']:.2f}" for r in SUBSPACE_REGIONS if f'subspaces.{r}.locality' in m)
     times = ', '.join(f"{k.split('.', 1)[1]} {m[k]:.0f} s" for k in m if k.startswith('seconds.') and k != 'seconds.regressor')
-    return '\n'.join([t, '', provenance(run) + f" Training: {times}. Locality of the main model per region: {per}.", '', _verdicts(v)])
+    budget = (f" Budgets in samples seen: the method and its ablations {m['budget.samples.subspaces']:,.0f}, the β-VAE {m['budget.samples.beta_vae']:,.0f}."
+              if 'budget.samples.subspaces' in m else '')
+    how = ("Above: only where the paired 95% bootstrap interval over the test faces (method − rival) lies above zero." if ivl else '')
+    return '\n'.join([t, '', provenance(run) + f" Training: {times}. Locality of the main model per region: {per}." + budget, ''] + ([how, ''] if how else []) + [_verdicts(v)])
 
 @TABLES.register('zoo/summary')
 def zoo_summary(root=None) -> str:

@@ -105,7 +105,7 @@ def test_subspaces_experiment_tiny(tmp_path):
     "The experiment runs end to end with tiny parameters: the method, both ablations, the beta-VAE and the renderer's ceiling."
     from disentangle.cli import run_experiment
     exps = Path(__file__).resolve().parent.parent / "nbs" / "experiments"
-    params = dict(steps=4, batch=8, n_identities=40, images_per_identity=4, n_codes=16, baseline_steps=4, n_boot=50,
+    params = dict(steps=4, batch=8, n_identities=40, images_per_identity=4, n_codes=16, n_boot=50,   # the β-VAE at the method's budget (default)
                   cache_dir=str(tmp_path / "cache"))
     run = run_experiment("subspaces", params, out=tmp_path, experiments=exps)
     m = json.loads((run / "metrics.json").read_text())
@@ -113,6 +113,7 @@ def test_subspaces_experiment_tiny(tmp_path):
         assert 0 <= m[f"{name}.locality"] <= 1, name
         assert np.isfinite(m[f"{name}.kept_r2"]) and np.isfinite(m[f"{name}.fid_swapped"]), name
     assert m["renderer.locality"] > 0.95 and m["renderer.kept_r2"] > m["subspaces.kept_r2"]   # the ceiling, even on 16 faces
+    assert m["budget.samples.beta_vae"] == m["budget.samples.subspaces"] == 4 * 8                 # equal budgets in samples seen
     assert all(f"accept.{k}.threshold" in m for k in ("locality", "donor_r2", "kept_r2"))
     for o in ("no_mask", "no_independence", "beta_vae"):                 # every "beats" rests on a paired interval around the difference
         for k in ("locality", "donor_r2", "kept_r2"):
