@@ -10,9 +10,10 @@ import disentangle
 from .core import Registry
 
 # %% auto 0
-__all__ = ['RESULTS', 'TABLES', 'BEGIN', 'END', 'SUBSPACE_REGIONS', 'ZERODIM_MODELS', 'ZERODIM_TARGETS', 'METHOD_TABLES',
+__all__ = ['RESULTS', 'TABLES', 'BEGIN', 'END', 'SUBSPACE_REGIONS', 'ZERODIM_MODELS', 'ZERODIM_TARGETS', 'BENCH', 'METHOD_TABLES',
            'saved_run', 'metric_table', 'provenance', 'block_ids', 'stale_tables', 'write_tables', 'idmap_table',
-           'subspaces_table', 'zoo_summary', 'zerodim_table', 'semantics_table', 'verdict_lines', 'method_status']
+           'subspaces_table', 'zoo_summary', 'zerodim_table', 'semantics_table', 'bench_table', 'verdict_lines',
+           'method_status']
 
 # %% ../nbs/22_results.ipynb 5
 RESULTS = Path(disentangle.__file__).resolve().parent.parent / 'results'
@@ -293,6 +294,19 @@ def semantics_table(root=None, name='symmetric-3000') -> str:
     return '\n'.join(['\n'.join(deco), '', '\n'.join(edits), '', '\n'.join(aug), '', provenance(run) + ' ' + note, '', _verdicts(v)])
 
 # %% ../nbs/22_results.ipynb 22
+BENCH = RESULTS.parent / 'bench'
+
+def bench_table(path) -> str:
+    "The BENCHMARKS.md tables of one saved `bench/train_step.py` results file, as the benchmark writes them."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('_train_step_bench', BENCH / 'train_step.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod.markdown(json.loads(Path(path).read_text())).strip()
+
+for _f in sorted((BENCH / 'results').glob('train_step_*.json')):   # only in a checkout (the benchmarks are not packaged)
+    TABLES.register(f'bench/{_f.stem}')(lambda root=None, f=_f: bench_table(f))
+
+# %% ../nbs/22_results.ipynb 24
 METHOD_TABLES = {'1: independent subspaces': 'subspaces/full-2000', '2: identity by latent mapping': 'idmap/full-1000',
                  '3: linear-encoded semantics': 'semantics/symmetric-3000', '4: ZeroDIM': 'zerodim/reduced-10'}
 
