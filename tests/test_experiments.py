@@ -75,6 +75,7 @@ def test_reproduce_tiny(tmp_path):
         line = next(l for l in table.splitlines() if l.startswith(f"| {row} |"))
         assert any(c.strip() not in ("", "-") for c in line.split("|")[2:-1]), line      # every row has numbers
     assert "Run time" in (run / "report.html").read_text() and m["seconds"] > 0
+    assert "PosixPath(" not in (run / "report.html").read_text()                 # no stray outputs in the report
     # the zoo's models were scored here, on held-out data, and the report says which model each row is
     assert 0 <= m["zoo.beta_vae-dsprites.MIG"] <= 1 and 0 <= m["zoo.beta_vae-dsprites.DCI-D"] <= 1
     assert "zoo `subspaces-synthfaces-64`: 24 steps" in next(l for l in table.splitlines() if l.startswith("| 1: independent subspaces |"))
