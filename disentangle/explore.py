@@ -164,14 +164,14 @@ class SwapExplorer(Explorer):
                 'change from the reconstruction<br><span style="color:#0a0">inside</span> / <span style="color:#c00">outside</span> the swapped regions')
     def __init__(self, swapper, faces: torch.Tensor, factors=None, masks=None, parser='parser', regions='paper', dilation: int = 1, scale: int = 2):
         super().__init__(scale)
-        from disentangle import perception as P, subspaces as S
+        from disentangle import perception as P, subspaces as S, synthfaces as sf
         if faces.ndim != 4 or faces.shape[1] != 3: raise ValueError(f"SwapExplorer: faces must be (N, 3, H, W), got {tuple(faces.shape)}")
         for what, v, shape in (('factors', factors, (len(faces),)), ('masks', masks, (len(faces), *faces.shape[-2:]))):
             if v is not None and tuple(v.shape[:len(shape)]) != shape:
                 raise ValueError(f"SwapExplorer: {what} must start with {shape} to match the faces, got {tuple(v.shape)}")
         self.sw, self.faces, self.regions, self.dilation = swapper, faces, regions, dilation
         self.factors = None if factors is None else torch.as_tensor(factors, dtype=torch.float32)
-        self.masks = masks if masks is not None else (S.sf.render_factors(self.factors, faces.shape[-1])['mask'] if factors is not None else None)
+        self.masks = masks if masks is not None else (sf.render_factors(self.factors, faces.shape[-1])['mask'] if factors is not None else None)
         self.perfect = S.renderer_swapper(faces, self.factors, regions) if factors is not None else None
         with torch.no_grad():
             self.codes = swapper.encode(faces); self.recon = swapper.decode(self.codes).clamp(-1, 1)
@@ -222,12 +222,12 @@ class SwapExplorer(Explorer):
         return sw.decode(code)[0].clamp(-1, 1)
     def _inside(self, r, d, on, out):
         "Pixels (H, W) of the swapped regions in the recipient's mask and in the mask of the face a perfect swap gives (or the parser's), dilated."
-        from disentangle import subspaces as S
+        from disentangle import subspaces as S, synthfaces as sf
         ids = torch.tensor([self.sw.names.index(n) for n in on])
         if self.masks is not None:
-            f = self.factors[r:r + 1].clone()
-            for n in on: f[:, S.factor_groups(self.regions)[n]] = self.factors[d:d + 1, S.factor_groups(self.regions)[n]]
-            after = S.sf.render_factors(f, self.faces.shape[-1])['mask'][0]
+            f, groups = self.factors[r:r + 1].clone(), S.factor_groups(self.regions)
+            for n in on: f[:, groups[n]] = self.factors[d:d + 1, groups[n]]
+            after = sf.render_factors(f, self.faces.shape[-1])['mask'][0]
             before = self.masks[r]
         else:
             before, after = (self.parser.parse(im[None]).long()[0] for im in (self.recon[r], out))

@@ -22,7 +22,7 @@ __all__ = ['MS_WEIGHTS', 'DEFAULTS', 'histogram_discretize', 'discrete_mutual_in
            'logistic_regression', 'roc_auc_ovr', 'modularity_explicitness', 'beta_vae_score', 'factor_vae_votes',
            'factor_vae_score', 'cosine_similarity', 'identity_similarity', 'landmark_nme', 'edit_locality', 'erode',
            'normals_from_depth', 'side', 'mad', 'labeled_accuracy', 'residual_leakage', 'psnr', 'ssim',
-           'ms_ssim_values', 'ms_ssim', 'frechet_distance', 'fid', 'kid', 'paired_bootstrap', 'encode_all',
+           'ms_ssim_values', 'ms_ssim', 'frechet_distance', 'fid', 'kid', 'verdict', 'paired_bootstrap', 'encode_all',
            'sample_codes', 'compute_dci', 'compute_mig', 'compute_sap', 'compute_modularity_explicitness',
            'compute_beta_vae', 'compute_factor_vae', 'compute_all']
 
@@ -543,6 +543,11 @@ def kid(feats1, feats2, n_subsets=100, subset_size=1000, seed=0) -> dict:
     return {'kid': float(v.mean()), 'kid_std': float(v.std())}
 
 # %% ../nbs/07_metrics.ipynb 59
+def verdict(lo: float, hi: float, better: str = 'higher') -> str:
+    "'beats' where the interval [lo, hi] of a difference excludes zero in the `better` direction, 'loses' the other way, else 'ties'."
+    up = better == 'higher'
+    return 'beats' if (lo > 0 if up else hi < 0) else 'loses' if (hi < 0 if up else lo > 0) else 'ties'
+
 def paired_bootstrap(a, b, better: str = 'higher', n: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """Paired bootstrap of mean(a) - mean(b) over items (a, b: (N,) scores of two models on the same items): diff, lo,
     hi (the `level` interval) and verdict ('beats' / 'ties' / 'loses', for a, with `better` 'higher' or 'lower')."""
@@ -554,9 +559,7 @@ def paired_bootstrap(a, b, better: str = 'higher', n: int = 1000, seed: int = 0,
     rng = np.random.default_rng(seed)
     means = d[rng.integers(0, len(d), (n, len(d)))].mean(1)
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    sign = 1 if better == 'higher' else -1
-    verdict = 'beats' if (lo > 0 if sign > 0 else hi < 0) else 'loses' if (hi < 0 if sign > 0 else lo > 0) else 'ties'
-    return dict(diff=float(d.mean()), lo=float(lo), hi=float(hi), verdict=verdict, n=int(len(d)))
+    return dict(diff=float(d.mean()), lo=float(lo), hi=float(hi), verdict=verdict(lo, hi, better), n=int(len(d)))
 
 # %% ../nbs/07_metrics.ipynb 62
 DEFAULTS = dict(dci=dict(num_train=10000, num_test=5000), mig=dict(num_train=10000), sap=dict(num_train=10000, num_test=5000),

@@ -540,6 +540,5 @@ def compare_partial(codes: dict, y_lab, names=(), n: int = 50, seed: int = 0, te
                 out[b][k] = dict(diff=diff, lo=c['lo'], hi=c['hi'], verdict=c['verdict']); continue
             d = np.array([s[first][k] - s[b][k] for s in draws])
             lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
-            verdict = 'beats' if (lo > 0 if up else hi < 0) else 'loses' if (hi < 0 if up else lo > 0) else 'ties'
-            out[b][k] = dict(diff=diff, lo=float(lo), hi=float(hi), verdict=verdict)
+            out[b][k] = dict(diff=diff, lo=float(lo), hi=float(hi), verdict=metrics.verdict(lo, hi, 'higher' if up else 'lower'))
     return out

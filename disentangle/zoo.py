@@ -510,8 +510,8 @@ def add_zerodim_entries(run, zoo=None, check_n=1000, **facts) -> list[Path]:
         model = _zerodim_from_checkpoint(recipe, train / name)
         y, x = _zerodim_held_out(dict(recipe, data={**data, 'n_eval': min(check_n, data.get('n_eval', check_n))}))
         y, x = y[:check_n], x[:check_n]
-        lab_idx = ([Z.face_classes(y, Z.face_spec(data['face_factors']))] if name == 'synthfaces' else
-                   [np.asarray(y)[:, [grid.factor_names.index(n) for n in cfg.factor_names]]])[0]
+        lab_idx = (Z.face_classes(y, Z.face_spec(data['face_factors'])) if name == 'synthfaces' else
+                   np.asarray(y)[:, [grid.factor_names.index(n) for n in cfg.factor_names]])
         def check(m):
             with torch.no_grad():
                 f = x.float() / 255; s = Z.partial_scores(m.factor_codes(f), m.residual(f), m.predict(f), lab_idx, names=cfg.factor_names)
