@@ -12,8 +12,8 @@ import ipywidgets as widgets
 from PIL import Image
 
 # %% auto 0
-__all__ = ['to_png', 'Explorer', 'DirectionExplorer', 'calibrate_directions', 'SwapExplorer', 'IdentityMixer', 'FactorExplorer',
-           'latent_scatter', 'depth_surface']
+__all__ = ['DEPTH_UNIT', 'to_png', 'Explorer', 'DirectionExplorer', 'calibrate_directions', 'SwapExplorer', 'IdentityMixer',
+           'FactorExplorer', 'latent_scatter', 'depth_surface']
 
 # %% ../nbs/21_explore.ipynb 5
 def to_png(images, scale: int = 4) -> bytes:
@@ -60,7 +60,10 @@ class Explorer(abc.ABC):
         for w in ws: w.observe(self.redraw, names='value')
     @property
     def ui(self):
-        box = widgets.VBox([widgets.HBox([widgets.VBox(self.controls()), widgets.VBox([self.captions, self.view, self.info])])])
+        controls = widgets.VBox(self.controls(), layout=widgets.Layout(flex='0 0 auto'))     # never squeezed under the panels
+        panels = widgets.VBox([self.captions, self.view, self.info], layout=widgets.Layout(flex='0 0 auto'))
+        controls.add_class('disentangle-controls'); panels.add_class('disentangle-panels')
+        box = widgets.HBox([controls, panels], layout=widgets.Layout(flex_flow='row wrap'))     # panels below the controls when both do not fit
         box.add_class('disentangle-explorer')
         return box
     def _ipython_display_(self):
@@ -195,7 +198,10 @@ class SwapExplorer(Explorer):
         "Controls above the five panels (which need the width): faces and regions in two columns, the buttons in a row."
         faces = widgets.VBox([self.recipient, self.donor]); regions = widgets.VBox(list(self.mix.values()))
         buttons = widgets.HBox(list(self.toggles.values()), layout=widgets.Layout(flex_flow='row wrap'))
-        box = widgets.VBox([widgets.HBox([faces, regions]), buttons, self.captions, self.view, self.info]); box.add_class('disentangle-explorer')
+        controls = widgets.VBox([widgets.HBox([faces, regions], layout=widgets.Layout(flex_flow='row wrap')), buttons])
+        panels = widgets.VBox([self.captions, self.view, self.info])
+        controls.add_class('disentangle-controls'); panels.add_class('disentangle-panels')
+        box = widgets.VBox([controls, panels]); box.add_class('disentangle-explorer')
         return box
     def _set(self, n, value):
         "Slider and button of region n to `value` (0..1) without redrawing."
@@ -312,6 +318,13 @@ class FactorExplorer(Explorer):
         return [x[0].expand(3, -1, -1), out[0].expand(3, -1, -1)], f"{self.factor.value} asked {self.value.value}, the model reads <b>{int(pred)}</b> back"
 
 # %% ../nbs/21_explore.ipynb 18
+DEPTH_UNIT = 'camera distances'      # Unsup3d's depth: the camera at the origin, the face's centre at depth 1
+
+def _plotly_frame(title: str) -> dict:
+    "A title left above the plot and the toolbar down the right side, so neither covers the other."
+    return dict(title=dict(text=title, x=0.01, xanchor='left', y=0.98, yanchor='top', font=dict(size=14)),
+                margin=dict(l=10, r=40, t=50, b=10), modebar=dict(orientation='v'))
+
 def latent_scatter(codes: torch.Tensor, values, name: str = 'factor', dims=None, labels=None):
     "plotly scatter of codes (N, D) on their first two principal components (or the coordinates `dims`), coloured by `values` (N,)."
     import plotly.graph_objects as go
@@ -324,10 +337,13 @@ def latent_scatter(codes: torch.Tensor, values, name: str = 'factor', dims=None,
         xy, axes = (c @ V[:2].T).numpy(), ('PC 1', 'PC 2')
     else:
         xy, axes = c[:, list(dims)].numpy(), tuple(f'code {d}' for d in dims)
-    fig = go.Figure(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode='markers', text=labels,
+    idx = np.arange(len(v))
+    custom = np.stack([idx, v], 1) if labels is None else np.stack([idx.astype(object), v.astype(object), np.asarray(labels, dtype=object)], 1)
+    hover = (f"sample %{{customdata[0]}}<br>{name} = %{{customdata[1]:.3g}}" + ("" if labels is None else "<br>%{customdata[2]}")
+             + f"<br>{axes[0]} %{{x:.2f}}, {axes[1]} %{{y:.2f}}<extra></extra>")
+    fig = go.Figure(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode='markers', customdata=custom, hovertemplate=hover,
                                  marker=dict(color=v, colorscale='Viridis', size=5, colorbar=dict(title=name))))
-    fig.update_layout(xaxis_title=axes[0], yaxis_title=axes[1], width=520, height=440, margin=dict(l=10, r=10, t=30, b=10),
-                      title=f'latent codes coloured by {name}')
+    fig.update_layout(xaxis_title=axes[0], yaxis_title=axes[1], width=560, height=460, **_plotly_frame(f'latent codes coloured by {name}'))
     return fig
 
 def depth_surface(depth: torch.Tensor, albedo: torch.Tensor | None = None, title: str = 'canonical depth'):
@@ -336,7 +352,9 @@ def depth_surface(depth: torch.Tensor, albedo: torch.Tensor | None = None, title
     d = torch.as_tensor(depth, dtype=torch.float64)
     if d.ndim != 2: raise ValueError(f"depth_surface: depth must be (H, W), got {tuple(d.shape)}")
     color = None if albedo is None else ((albedo.double().mean(0) + 1) / 2).numpy()
-    fig = go.Figure(go.Surface(z=(-d).numpy(), surfacecolor=color, colorscale='gray', showscale=False))
-    fig.update_layout(title=title, width=480, height=440, margin=dict(l=0, r=0, t=30, b=0),
-                      scene=dict(aspectmode='manual', aspectratio=dict(x=1, y=1, z=0.4), yaxis=dict(autorange='reversed')))
+    fig = go.Figure(go.Surface(z=(-d).numpy(), surfacecolor=color, colorscale='gray', showscale=False,
+                               hovertemplate='x %{x} px, y %{y} px<br>depth %{customdata:.3f}<extra></extra>', customdata=d.numpy()))
+    fig.update_layout(width=520, height=480, **_plotly_frame(title),
+                      scene=dict(aspectmode='manual', aspectratio=dict(x=1, y=1, z=0.4), camera=dict(eye=dict(x=1.5, y=1.5, z=1.2)), xaxis_title='x (px)',
+                                 yaxis=dict(autorange='reversed', title='y (px)'), zaxis_title=f'-depth ({DEPTH_UNIT})'))
     return fig

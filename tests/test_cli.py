@@ -273,3 +273,12 @@ def test_wheel_ships_experiments(tmp_path):
     mod, d, names = r.stdout.strip().splitlines()
     assert mod.startswith(str(target)) and d == str(target / "disentangle" / "experiments"), r.stdout
     assert "zz_wheel_probe" in names
+
+
+def test_every_notebook_names_its_kernel():
+    "JupyterLab opens every notebook in nbs/ without asking for a kernel: each names python3 (nbdev_clean keeps it)."
+    import json
+    root = Path(__file__).resolve().parent.parent / "nbs"
+    missing = [str(p.relative_to(root)) for p in sorted(root.rglob("*.ipynb"))
+               if json.loads(p.read_text()).get("metadata", {}).get("kernelspec", {}).get("name") != "python3"]
+    assert not missing, f"notebooks without a python3 kernelspec: {missing}"
