@@ -284,7 +284,9 @@ class IdentityMixer(Explorer):
         if out.shape[-1] != xi.shape[-1]: out = F.interpolate(out, size=xi.shape[-2:], mode='area')
         info = ''
         if self.judge is not None:
-            info = f"identity similarity to the identity face: <b>{float((self.judge(out) * self.judge(xi)).sum()):.3f}</b>"
+            ei = self.judge(xi)
+            info = (f"identity similarity to the identity face: <b>{float((self.judge(out) * ei).sum()):.3f}</b> "
+                    f"(the attribute face itself: {float((self.judge(xa) * ei).sum()):.3f}; the same face: 1)")
         return [xi[0], xa[0], out[0]], info
 
 # %% ../nbs/21_explore.ipynb 16

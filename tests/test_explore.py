@@ -40,7 +40,7 @@ def test_identity_mixer_and_factor_explorer_wiring():
     mx = X.IdentityMixer(model, faces)
     before = mx.view.value
     mx.identity.value = 2
-    assert mx.view.value != before and 'identity similarity' in mx.info.value
+    assert mx.view.value != before and 'identity similarity' in mx.info.value and 'the attribute face itself' in mx.info.value   # with its reference
     zd = Z.ZeroDIM(Z.ZeroDIMConfig(factor_names=('hue', 'shape'), factor_sizes=(4, 3)))
     fx = X.FactorExplorer(zd, torch.rand(2, 3, 64, 64))
     fx.factor.value = 'shape'
