@@ -14,8 +14,8 @@ from . import photogeo as pg, synthfaces as sf
 __all__ = ['LIGHT_READERS', 'ENVIRONMENT', 'REGIONS', 'ENV_FACTORS', 'ASK_ENV', 'sample_w', 'generate', 'decompose',
            'SemanticsConfig', 'region_templates', 'LinearSemantics', 'sample_and_decompose', 'fit_semantics',
            'ganspace', 'interfacegan', 'Judges', 'judges', 'measure_edit', 'factor_response', 'name_local',
-           'edit_targets', 'ganspace_axis', 'beats', 'compare_edits', 'edit_table', 'AugmentConfig', 'yaw_class',
-           'unbalanced_data', 'train_classifier', 'balanced_accuracy', 'extrapolate', 'augmentation_study']
+           'edit_targets', 'ganspace_axis', 'beats', 'compare_edits', 'edit_table', 'choose_encoding', 'AugmentConfig',
+           'yaw_class', 'unbalanced_data', 'train_classifier', 'balanced_accuracy', 'extrapolate', 'augmentation_study']
 
 # %% ../nbs/13_linear_semantics.ipynb 5
 @torch.no_grad()
@@ -333,6 +333,23 @@ def edit_table(rows: list) -> str:
     return '\n'.join(out)
 
 # %% ../nbs/13_linear_semantics.ipynb 20
+def choose_encoding(w: torch.Tensor, dec: dict, cfg: SemanticsConfig, G, wv: torch.Tensor, J: Judges, n_local: int = 5,
+                    encodings=('forward', 'inverse'), parser=None) -> tuple:
+    """(the encoding whose sparse edits keep most identity on the validation latents `wv`, {encoding: its fit `ls`, the
+    named local semantics `names`, the edit `targets`, per-edit `rows` and the mean `score`}); an unreached edit scores 0."""
+    img0 = generate(G, wv)
+    base = dict(img=img0, f=_run(J.factors, img0), emb=F.normalize(_run(J.identity, img0), dim=1))
+    out = {}
+    for e in encodings:
+        ls = fit_semantics(w, dec, dataclasses.replace(cfg, encoding=e), parser)
+        names = name_local(ls, G, wv, J)
+        targets = edit_targets(names, n_local)
+        rows = {f: measure_edit(G, wv, ls.direction(sem, True), f, asked, J, region, base=base) for f, (sem, region, asked) in targets.items()}
+        score = float(np.mean([r['identity'] * r['reached'] for r in rows.values()]))
+        out[e] = dict(ls=ls, names=names, targets=targets, rows=rows, score=score)
+    return max(encodings, key=lambda e: out[e]['score']), out
+
+# %% ../nbs/13_linear_semantics.ipynb 22
 @dataclasses.dataclass
 class AugmentConfig:
     n_train: int = 900                 # SynthFaces renders before the rare class is cut

@@ -101,6 +101,12 @@ def test_semantics_experiment_tiny(tmp_path):
     assert c["verdict"] == (1. if c["lo"] > 0 else -1. if c["hi"] < 0 else 0.)
     assert 0 <= m["augment.augmented.balanced_accuracy"] <= 1 and np.isfinite(m["augment.gain.balanced_accuracy"])
     assert (run / "edits.png").exists() and (run / "decomposition.png").exists() and (run / "directions.safetensors").exists()
+    # the encoding is chosen on the validation latents: the better score wins, and the saved directions say which
+    fwd, inv = m["choice.encoding.forward.score"], m["choice.encoding.inverse.score"]
+    assert m["choice.encoding.forward"] == float(fwd >= inv)
+    from safetensors import safe_open
+    with safe_open(run / "directions.safetensors", "pt") as f:
+        assert json.loads(f.metadata()["encoding"]) == ("forward" if fwd >= inv else "inverse")
 
 
 def test_semantics_experiment_refuses_real_data_without_training(tmp_path):
