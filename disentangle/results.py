@@ -280,6 +280,20 @@ def semantics_table(root=None, name='symmetric-3000') -> str:
         else: better = bool(e('ours', 'reached')) and (not e('ganspace', 'reached') or e('ours', 'identity') > e('ganspace', 'identity'))
         wins += better
         edits.append(f"| {f} | " + ' | '.join(cells) + f" | {'yes' if better else 'no'} |")
+    choice = []
+    encs = sorted({k.split('.')[2] for k in m if k.startswith('choice.encoding.') and k.endswith('.score')})
+    if encs:        # the run chose its encoding on validation latents: both encodings' scores there
+        fs = sorted({k.split('.')[3] for k in m if k.startswith('choice.encoding.') and k.endswith('.identity')})
+        chosen = 'forward' if m['choice.encoding.forward'] else 'inverse'
+        def kept(e, f):
+            v = m.get(f'choice.encoding.{e}.{f}.identity')
+            return '–' if v is None else f"{v:.3f}{'' if m[f'choice.encoding.{e}.{f}.reached'] else ' (not reached)'}"
+        choice = ['| encoding (identity kept on the validation latents) | mean, unreached as 0 ↑ | ' + ' | '.join(fs) + ' |',
+                  '|---|---:|' + '---:|' * len(fs)]
+        choice += [f"| {f'**{e}** (chosen)' if e == chosen else e} | {m[f'choice.encoding.{e}.score']:.3f} | " + ' | '.join(kept(e, f) for f in fs) + ' |'
+                   for e in encs]
+        choice += ['', f"Each encoding's sparse edits on {params['n_compare']} validation latents (its own local semantics, so a factor "
+                   f"can be one encoding's target and not the other's: –); the edits above are scored on other latents, with the chosen one.", '']
     a = lambda s, k: m[f'augment.{s}.{k}']
     aug = ['| pose classifier trained on | balanced accuracy ↑ | recall of the rare pose (left) ↑ |', '|---|---:|---:|']
     for s, lab in (('unbalanced', 'the unbalanced set'), ('oversampled', 'it, rare class oversampled'), ('augmented', 'it, augmented by extrapolation')):
@@ -291,7 +305,7 @@ def semantics_table(root=None, name='symmetric-3000') -> str:
           a('augmented', 'balanced_accuracy') - a('augmented', 'balanced_accuracy_std') > a('oversampled', 'balanced_accuracy') + a('oversampled', 'balanced_accuracy_std'))]
     note = (f"The decomposition is scored on {params['n_score']} SynthFaces test renders, the edits on {params['n_compare']} generated faces, "
             f"the regression on {params['n_samples']:,} generator samples. Whole run {m['time_s'] / 60:.0f} min.")
-    return '\n'.join(['\n'.join(deco), '', '\n'.join(edits), '', '\n'.join(aug), '', provenance(run) + ' ' + note, '', _verdicts(v)])
+    return '\n'.join(['\n'.join(deco), '', '\n'.join(edits), '', *choice, '\n'.join(aug), '', provenance(run) + ' ' + note, '', _verdicts(v)])
 
 # %% ../nbs/22_results.ipynb 22
 BENCH = RESULTS.parent / 'bench'
