@@ -146,6 +146,10 @@ def idmap_table(root=None, name='full-1000') -> str:
            f"{m['sequence.full.id_similarity_mean']:.3f} on average, never below {m['sequence.full.id_similarity_min']:.3f} "
            f"(the coarse-layer swap: {m['sequence.baseline_layers.id_similarity_mean']:.3f}). De-identification: similarity to the "
            f"person {m['deidentify.id_similarity']:.3f}, attribute error {m['deidentify.attribute_error']:.3f}.") if 'sequence.full.id_similarity_mean' in m else ''
+    P = run['params']
+    samples = lambda n: m.get(f'budget.samples.{n}', P['w_encoder_steps'] * P.get('w_encoder_batch', 64) if n == 'w_encoder' else P['steps'] * P['batch'])
+    v.append((f"the W-encoder baseline saw at least the method's samples ({samples('w_encoder'):,.0f} against {samples('full'):,.0f}; "
+              f"each ablation {samples('full'):,.0f})", samples('w_encoder') >= samples('full')))
     times = ', '.join(f"{k[len('train_'):-2]} {m[k]:.0f} s" for k in m if k.startswith('train_') and k.endswith('_s'))
     how = (f"Verdicts: paired bootstrap over the {run['params']['n_eval']:,} held-out pairs ({run['params'].get('n_boot', 1000):,} resamples), "
            "the difference method − rival with its 95% interval; 'beats' only where the interval excludes zero." if ivl else

@@ -353,7 +353,7 @@ def add_idmap_entries(run, zoo=None, check_n=64, **facts) -> list[Path]:
     ckpts = sorted((train_dir / 'w_encoder').glob('ckpt-*.pt'), key=lambda p: int(p.stem.split('-')[1]))
     if ckpts:
         steps = int(params['w_encoder_steps'])
-        recipe = dict(base, w_dim=int(held.w.shape[1]), init=params['attr_init'], steps=steps, batch_size=64, lr=1e-3,
+        recipe = dict(base, w_dim=int(held.w.shape[1]), init=params['attr_init'], steps=steps, batch_size=int(params.get("w_encoder_batch", 64)), lr=1e-3,
                       factors_loaded=params['attr_init'] == 'factors')
         E_W = _load_saved(_w_encoder_build(recipe), load_checkpoint(ckpts[-1])['modules']['E_W'], 'w_encoder', ckpts[-1])
         scores = {f'halves.{k}': v for k, v in pick('baseline_halves.').items()} | {f'layers.{k}': v for k, v in pick('baseline_layers.').items()}

@@ -113,6 +113,8 @@ def test_experiment_synthfaces_tiny(tmp_path):
         assert (m[f"check.id_similarity_beats_{rival}"] == 1) == (c["lo"] > 0) == (c["verdict"] == 1)
     assert {"swap_grid.png", "swap_compare.png", "deidentify.png", "sequence.png", "losses.png"} <= {p.name for p in run.glob("*.png")}
     for name in ("full", "no_adversarial", "no_landmarks"): assert (run / f"idmap-{name}.safetensors").exists()
+    # the budgets in samples seen: the method and its ablations alike, the W-encoder at its own batch
+    assert [m[f"budget.samples.{n}"] for n in ("full", "no_adversarial", "no_landmarks", "w_encoder")] == [3 * 8] * 3 + [3 * 64]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
