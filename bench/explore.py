@@ -4,9 +4,11 @@ For each explorer, one widget change (a slider move or a toggle) is made `--move
 values; each triggers the explorer's observer, which renders and re-encodes the view, as in a notebook. Reported: the
 median and 90th percentile of the redraw time and the target / median ratio (above 1: fast enough), and for the
 direction explorer the share taken by the generator's synthesis alone, timed in the same run.
-Run: OMP_NUM_THREADS=1 .venv/bin/python bench/explore.py [--moves 40] [--threads 1] [--out /tmp/explore_bench.md]
+Run: OMP_NUM_THREADS=1 .venv/bin/python bench/explore.py [--moves 40] [--threads 1] [--out bench/results/explore.json]
+The results file keeps every redraw time; BENCHMARKS.md's table is `markdown(results)` of it (`--markdown FILE`, or
+`disentangle.results.write_tables()`), never typed.
 """
-import argparse, os, time
+import argparse, json, os, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -25,8 +27,10 @@ def moves(ex, widget, values, n):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--moves", type=int, default=40); ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="/tmp/explore_bench.md")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "explore.json"))
+    ap.add_argument("--markdown", help="print the table of this saved results file and stop")
     a = ap.parse_args()
+    if a.markdown: print(markdown(json.loads(Path(a.markdown).read_text()))); return
     torch.set_num_threads(a.threads)
     G = sg.pretrained_generator()
     w = G.mapping(torch.randn(8, 256, generator=torch.Generator().manual_seed(0))).detach()
@@ -54,15 +58,27 @@ def main():
     fx = X.FactorExplorer(zoo.load('zerodim-shapes3d'), x[:8].float() / 255)
     r["method 4 factor value + the model's reading"] = moves(fx, fx.value, [2, 7], a.moves)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    out = [f"### Explorer redraw at 64 px (`bench/explore.py --moves {a.moves} --threads {a.threads}`, {os.cpu_count()} cores, load {load:.1f}, torch {torch.__version__})", "",
+    hw = open('/proc/cpuinfo').read().split('model name')[1].split('\n')[0].strip(': \t') if os.path.exists('/proc/cpuinfo') else 'CPU'
+    results = dict(date=time.strftime('%Y-%m-%d'), hardware=hw, cores=os.cpu_count(), load=load, torch=torch.__version__,
+                   moves=a.moves, threads=a.threads, ms={k: (1000 * v).round(3).tolist() for k, v in r.items()})
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(json.dumps(results, indent=1) + "\n")
+    print("\n" + markdown(results))
+
+
+def markdown(results: dict) -> str:
+    "BENCHMARKS.md's table of one saved results file."
+    out = [f"Measured {results['date']} on {results['hardware']} (`bench/explore.py --moves {results['moves']} --threads {results['threads']}`, "
+           f"{results['cores']} cores, load average {results['load']:.1f}), torch {results['torch']}.", "",
            "| widget change | median ms | p90 ms | 100 ms target / median |", "|---|---|---|---|"]
-    out += [f"| {k} | {1000 * np.median(v):.1f} | {1000 * np.percentile(v, 90):.1f} | {0.1 / np.median(v):.1f}x |" for k, v in r.items()]
+    for k, v in results['ms'].items():
+        v = np.asarray(v)
+        out.append(f"| {k} | {np.median(v):.1f} | {np.percentile(v, 90):.1f} | {100 / np.median(v):.1f}x |")
+    worst = max(np.percentile(np.asarray(v), 90) for v in results['ms'].values())
     out += ["", "Each change redraws through the widget's observer (render, then PNG encode at the explorer's scale: 4x, the swap explorer 2x), as a user's move does; "
             "the synthesis row is the generator's share, timed in the same run. Weights do not change the cost, so the "
-            "method 1 and 2 models are untrained; method 4's is the zoo's `zerodim-shapes3d` on its held-out images."]
-    text = "\n".join(out)
-    print("\n" + text)
-    Path(a.out).write_text(text + "\n")
+            "method 1 and 2 models are untrained; method 4's is the zoo's `zerodim-shapes3d` on its held-out images. "
+            f"The slowest redraw at the 90th percentile: {worst:.1f} ms ({'within' if worst <= 100 else 'over'} the 100 ms target)."]
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from .core import Registry
 # %% auto 0
 __all__ = ['RESULTS', 'TABLES', 'BEGIN', 'END', 'SUBSPACE_REGIONS', 'ZERODIM_MODELS', 'ZERODIM_TARGETS', 'BENCH', 'METHOD_TABLES',
            'saved_run', 'metric_table', 'provenance', 'block_ids', 'stale_tables', 'write_tables', 'idmap_table',
-           'subspaces_table', 'zoo_summary', 'zerodim_table', 'semantics_table', 'bench_table', 'verdict_lines',
-           'method_status']
+           'subspaces_table', 'zoo_summary', 'zerodim_table', 'semantics_table', 'bench_script', 'bench_table',
+           'verdict_lines', 'method_status']
 
 # %% ../nbs/22_results.ipynb 5
 RESULTS = Path(disentangle.__file__).resolve().parent.parent / 'results'
@@ -314,14 +314,22 @@ def semantics_table(root=None, name='symmetric-3000') -> str:
 # %% ../nbs/22_results.ipynb 22
 BENCH = RESULTS.parent / 'bench'
 
+def bench_script(path) -> Path:
+    "The benchmark that wrote results file `path`: the longest `bench/<script>.py` whose name starts the file's."
+    stem = Path(path).stem
+    found = [s for s in BENCH.glob('*.py') if stem == s.stem or stem.startswith(s.stem + '_')]
+    if not found: raise FileNotFoundError(f"{path}: no bench/<script>.py names this results file")
+    return max(found, key=lambda s: len(s.stem))
+
 def bench_table(path) -> str:
-    "The BENCHMARKS.md tables of one saved `bench/train_step.py` results file, as the benchmark writes them."
+    "The BENCHMARKS.md tables of one saved benchmark results file, as its benchmark's `markdown` writes them."
     import importlib.util
-    spec = importlib.util.spec_from_file_location('_train_step_bench', BENCH / 'train_step.py')
+    script = bench_script(path)
+    spec = importlib.util.spec_from_file_location(f'_bench_{script.stem}', script)
     mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
     return mod.markdown(json.loads(Path(path).read_text())).strip()
 
-for _f in sorted((BENCH / 'results').glob('train_step_*.json')):   # only in a checkout (the benchmarks are not packaged)
+for _f in sorted((BENCH / 'results').glob('*.json')):   # only in a checkout (the benchmarks are not packaged)
     TABLES.register(f'bench/{_f.stem}')(lambda root=None, f=_f: bench_table(f))
 
 # %% ../nbs/22_results.ipynb 24
