@@ -10,7 +10,7 @@ Every loader reads one warm-up epoch (page cache, worker start-up) and is then t
 against the PIL loop measured in the same run. Prints a markdown section and writes it to --out.
 Run: OMP_NUM_THREADS=1 .venv/bin/python bench/realdata.py [--n 2048] [--workers 2] [--out /tmp/realdata_bench.md]
 """
-import argparse, os, tempfile, time
+import argparse, json, os, tempfile, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -58,8 +58,10 @@ def write_folder(d: Path, n: int):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2048); ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", default="/tmp/realdata_bench.md")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "realdata.json"))
+    ap.add_argument("--markdown", help="print the table of this saved results file and stop")
     a = ap.parse_args(); w = a.workers
+    if a.markdown: print(markdown(json.loads(Path(a.markdown).read_text()))); return
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as d:
         d = Path(d); (d / "jpg").mkdir()
@@ -78,22 +80,29 @@ def main():
         r["ours_w"] = drain(lambda: ours_w)
         r["cache"] = drain(lambda: cached.loader(num_workers=0, **kw))
         r["cache_w"] = drain(lambda: cached_w)
+    hw = open('/proc/cpuinfo').read().split('model name')[1].split('\n')[0].strip(': \t') if os.path.exists('/proc/cpuinfo') else 'CPU'
+    results = dict(date=time.strftime('%Y-%m-%d'), hardware=hw, cores=os.cpu_count() or 1, torch=torch.__version__, n=a.n, workers=w,
+                   load=os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"), build_s=build, images_per_s=r)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(json.dumps(results, indent=1) + "\n")
+    print("\n" + markdown(results))
+
+
+def markdown(results: dict) -> str:
+    "BENCHMARKS.md's table of one saved results file."
+    r, w, n = results["images_per_s"], results["workers"], results["n"]
     rows = [("PIL open + crop + resize, plain loop", r["pil"]),
             (f"PIL open + crop + resize, DataLoader {w} workers", r["pil_w"]),
             ("ours, decoding (JPEG draft), 0 workers", r["ours"]),
             (f"ours, decoding (JPEG draft), {w} workers", r["ours_w"]),
             ("ours, uint8 memmap cache, 0 workers", r["cache"]),
             (f"ours, uint8 memmap cache, {w} workers", r["cache_w"])]
-    cores = os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    out = [f"### Real-data loaders (bench/realdata.py, n={a.n} 178x218 JPEGs -> 64 px, {cores} cores, load {load:.1f}, torch {torch.__version__})", "",
+    out = [f"Measured {results['date']} on {results['hardware']} (`bench/realdata.py --n {n} --workers {w}`: {n} 178x218 JPEGs -> 64 px, "
+           f"{results['cores']} cores, load average {results['load']:.1f}), torch {results['torch']}.", "",
            "| loader | images/s | vs PIL loop |", "|---|---|---|"]
     out += [f"| {name} | {v:,.0f} | {v / r['pil']:.2f}x |" for name, v in rows]
-    out += ["", f"Cache built once in {build:.1f} s ({a.n / build:,.0f} images/s, {w} workers), not counted above. "
+    out += ["", f"Cache built once in {results['build_s']:.1f} s ({n / results['build_s']:,.0f} images/s, {w} workers), not counted above. "
             f"Same seed, batch 64, one warm-up epoch before each timed epoch."]
-    text = "\n".join(out)
-    print("\n" + text)
-    Path(a.out).write_text(text + "\n")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -287,9 +287,14 @@ class Engine:
             except ValueError: continue          # a line cut short by the kill
             if row.get('step', 0) <= self.global_step: keep.append(line)
         atomic_write(self.log_file, lambda tmp: Path(tmp).write_text(''.join(l + '\n' for l in keep)))
-    def progress(self, losses=None):
+    PROGRESS_SECONDS = 1.0      # progress.json at most this often during training (each write is an fsync'd rename)
+    def progress(self, losses=None, force=True):
         "Write progress.json (what `disentangle status` reads): step of total, seconds, last losses, finished."
         if self.rank != 0: return
+        if losses: self._last_losses = losses
+        now = time.perf_counter()
+        if not force and now - getattr(self, '_progress_at', -1e9) < self.PROGRESS_SECONDS: return
+        self._progress_at = now
         info = {'name': self.cfg.name or self.out.name, 'step': self.global_step, 'total': self.cfg.steps,
                 'seconds': self._seconds(), 'updated': time.time(), 'pid': os.getpid(),
                 'finished': self.global_step >= self.cfg.steps, 'precision': 'bf16' if self.amp else 'fp32',
@@ -339,7 +344,7 @@ class Engine:
                        'steps_per_s': (self.global_step - n0) / (time.perf_counter() - t0)}
                 for n, o in m.optimizers.items(): row[f'lr_{n}'] = o.param_groups[0]['lr']
                 self.log(row); bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4g}", refresh=False)
-                self.progress({k: v for k, v in row.items() if k != 'step' and not k.startswith('lr_')})
+                self.progress({k: v for k, v in row.items() if k != 'step' and not k.startswith('lr_')}, force=False)
             if cfg.eval_every and self.global_step % cfg.eval_every == 0 and self.rank == 0:
                 self.log({'step': self.global_step, **{f'eval_{k}': float(v) for k, v in m.evaluate(self).items()}})
             late = cfg.ckpt_minutes and time.perf_counter() - self._saved_at >= 60 * cfg.ckpt_minutes
