@@ -91,6 +91,15 @@ def test_reproduce_tiny(tmp_path):
     assert m["idmap.method.id_similarity_card"] == zoo_card_score(z)             # the card's value beside this run's
     assert m["idmap.method_vs_baseline.id_similarity.lo"] <= m["idmap.method_vs_baseline.id_similarity.diff"] <= m["idmap.method_vs_baseline.id_similarity.hi"]
     assert "paired 95% bootstrap interval" in table
+    # a verdict column: each method's criteria read from this run's scores, the baselines marked as such
+    line = lambda row: next(l for l in table.splitlines() if l.startswith(f"| {row} |"))
+    for row in ("1: independent subspaces", "2: latent mapping (Nitzan)", "3: linear semantics (Zheng)", "4: ZeroDIM (Gabbay)"): assert "meets " in line(row), row
+    assert "— (a baseline)" in line("AE (baseline)") and "— (a baseline)" in line("2 baseline: W-swap of halves")
+    v = lambda r, k: m[f"idmap.method_vs_{r}.{k}.verdict"]
+    met = v("baseline", "id_similarity") == 1 and v("baseline", "attribute_error") == 1
+    assert (("✓" if met else "✗") + " beats the W-swap of layers on identity and attribute error") in line("2: latent mapping (Nitzan)")
+    assert np.isfinite(m["idmap.method.attribute_error"]) and np.isfinite(m["idmap.baseline_halves.attribute_error"])
+    assert ("✓" if m["zerodim.labeled_accuracy"] >= 0.95 else "✗") + " labeled accuracy ≥ 0.95" in line("4: ZeroDIM (Gabbay)")
 
 
 def test_baselines_on_a_folder_of_photos(tmp_path):
