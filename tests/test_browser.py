@@ -222,12 +222,15 @@ def test_explorers_in_jupyterlab(tmp_path):
 def test_report_opens_offline(tmp_path):
     "A run's report.html in headless Chromium with every request outside the file refused: nothing fails, the math is rendered, the figure loads."
     require_browser(without=("jupyterlab",))
+    artifacts = Path(os.environ.get("DISENTANGLE_TEST_ARTIFACTS") or tmp_path); artifacts.mkdir(parents=True, exist_ok=True)
     from playwright.sync_api import sync_playwright
     from disentangle.cli import make_notebook, run_experiment
     make_notebook([("markdown", "# Offline\n\nThe loss $\\mathcal L = \\beta\\,\\mathrm{KL}(q \\| p)$ and\n$$z_k = W_k \\bar f_k + b_k$$\nnot `$code$`."),
                    ("parameters", "n = 3"),
                    ("code", "import matplotlib.pyplot as plt\nfrom disentangle.core import save_metrics\nplt.plot(range(n)); plt.title('a figure'); plt.show()\n"
-                            "save_metrics({'n': n}, 'metrics.json')")], tmp_path / "exp" / "offline.ipynb")
+                            "save_metrics({'n': n}, 'metrics.json')"),
+                   ("code", "from IPython.display import Markdown, display\n"
+                            "display(Markdown('| model | MIG ↑ | verdict |\\n|---|---:|---|\\n| β-VAE | 0.250 | — (a baseline) |'))")], tmp_path / "exp" / "offline.ipynb")
     run = run_experiment("offline", out=tmp_path / "runs", experiments=tmp_path / "exp")
     outside, failed = [], []
     with sync_playwright() as p:
@@ -240,8 +243,10 @@ def test_report_opens_offline(tmp_path):
         text = page.inner_text("body")
         images = page.evaluate("[...document.images].map(i => i.complete && i.naturalWidth > 0)")
         maths = page.evaluate("document.querySelectorAll('math').length")
-        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        tables = page.evaluate("[...document.querySelectorAll('table')].map(t => t.innerText)")
+        page.screenshot(path=str(artifacts / "report.png"), full_page=True)          # kept as a test artefact
         browser.close()
     assert not outside and not failed, f"the report asked the network for {outside + failed}"
     assert "$" not in text.replace("$code$", ""), "raw TeX in the report's visible text"
     assert maths == 2 and images and all(images), (maths, images)
+    assert any("β-VAE" in t and "0.250" in t for t in tables), tables         # a results table renders as a table
