@@ -5,9 +5,11 @@ factors plus noise), 10,000 training samples (disentanglement_lib's defaults for
 get the same sampled codes; the reference follows disentanglement_lib's code line by line (codes as (D, N) arrays,
 one scikit-learn model per factor or per (code, factor) pair). Prints per-metric times, the speed ratio and the
 largest difference of any score.
-Run: .venv/bin/python bench/metrics.py [--scale 1.0]
+Run: .venv/bin/python bench/metrics.py [--scale 1.0]; saves bench/results/metrics.json (or --out), whose table
+BENCHMARKS.md shows through `markdown(results)` (`--markdown FILE`), never typed.
 """
-import argparse, time, warnings
+import argparse, json, os, time, warnings
+from pathlib import Path
 import numpy as np
 import scipy.stats
 import torch
@@ -124,7 +126,11 @@ def ref_factor_vae(train_groups, k_train, eval_groups, k_eval, global_variances,
 
 # ---------------------------------------------------------------- the run
 def main():
-    ap = argparse.ArgumentParser(); ap.add_argument('--scale', type=float, default=1.0); a = ap.parse_args()
+    ap = argparse.ArgumentParser(); ap.add_argument('--scale', type=float, default=1.0)
+    ap.add_argument('--out', default=str(Path(__file__).parent / 'results' / 'metrics.json'))
+    ap.add_argument('--markdown', help='print the table of this saved results file and stop')
+    a = ap.parse_args()
+    if a.markdown: print(markdown(json.loads(Path(a.markdown).read_text()))); return
     warnings.simplefilter('ignore')   # both sides use the machine's cores as their libraries do (scikit-learn's trees: one)
     data, rng = Bench(), np.random.default_rng(0); n = lambda k: int(k * a.scale)
     zt, yt = M.sample_codes(data, encode, n(10000), rng); ze, ye = M.sample_codes(data, encode, n(5000), rng)
@@ -140,18 +146,35 @@ def main():
         ('beta_vae', lambda: M.beta_vae_score(*bt, *be), lambda: ref_beta_vae(*bt, *be)),
         ('factor_vae', lambda: M.factor_vae_score(*ft, *fe, gv, 10), lambda: ref_factor_vae(*ft, *fe, gv, 10)),
     ]
-    rows, T_ours, T_ref, worst = [], 0., 0., 0.
+    rows = {}
     for name, ours, ref in cases:
         t = time.perf_counter(); o = ours(); to = time.perf_counter() - t
         t = time.perf_counter(); r = ref(); tr = time.perf_counter() - t
-        diff = max(abs(float(o[k]) - float(r[k])) for k in r)
-        worst = max(worst, diff); T_ours += to; T_ref += tr
-        rows.append((name, f'{tr:.1f} s', f'{to:.2f} s', f'{tr / to:.1f}x', f'{diff:.4f}', ', '.join(f'{k}={float(o[k]):.3f}' for k in o)))
-        print(*rows[-1], sep=' | ', flush=True)
-    print(f"\n### Metrics (bench/metrics.py --scale {a.scale}: {n(10000)} samples, 10 factors, torch {torch.__version__})\n")
-    print('| metric | reference | ours | speed-up | largest score difference | our scores |\n|---|---|---|---|---|---|')
-    for r in rows: print('| ' + ' | '.join(r) + ' |')
-    print(f'| **all** | {T_ref:.1f} s | {T_ours:.1f} s | **{T_ref / T_ours:.1f}x** | **{worst:.4f}** | |')
+        rows[name] = dict(reference_s=tr, ours_s=to, diff=max(abs(float(o[k]) - float(r[k])) for k in r), scores={k: float(o[k]) for k in o})
+        print(name, rows[name], flush=True)
+    hw = open('/proc/cpuinfo').read().split('model name')[1].split('\n')[0].strip(': \t') if os.path.exists('/proc/cpuinfo') else 'CPU'
+    results = dict(date=time.strftime('%Y-%m-%d'), hardware=hw, cores=os.cpu_count(), torch=torch.__version__, scale=a.scale, n_train=n(10000),
+                   load=os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan'), metrics=rows)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(json.dumps(results, indent=1) + '\n')
+    print('\n' + markdown(results))
+
+NAMES = {'dci': 'DCI (gradient-boosted trees)', 'mig': 'MIG', 'sap': 'SAP', 'modularity_explicitness': 'modularity / explicitness',
+         'beta_vae': 'BetaVAE score', 'factor_vae': 'FactorVAE score'}
+TARGET = dict(speedup=5., diff=0.02)          # at least 5x faster in all, every score within 0.02 of the reference
+
+def markdown(results: dict) -> str:
+    "BENCHMARKS.md's table of one saved results file, with the target's verdict computed from it."
+    rows = results['metrics']
+    T_ref, T_ours = sum(r['reference_s'] for r in rows.values()), sum(r['ours_s'] for r in rows.values())
+    worst = max(r['diff'] for r in rows.values())
+    out = [f"Measured {results['date']} on {results['hardware']} (`bench/metrics.py --scale {results['scale']}`: {results['n_train']:,} training samples, "
+           f"10 factors; {results['cores']} cores, load average {results['load']:.1f}), torch {results['torch']}.", '',
+           '| metric | reference | ours | speed-up | largest score difference |', '|---|---|---|---|---|']
+    out += [f"| {NAMES.get(k, k)} | {r['reference_s']:.1f} s | {r['ours_s']:.2f} s | {r['reference_s'] / r['ours_s']:.1f}x | {r['diff']:.4f} |" for k, r in rows.items()]
+    out.append(f'| **all** | **{T_ref:.1f} s** | **{T_ours:.1f} s** | **{T_ref / T_ours:.1f}x** | **{worst:.4f}** |')
+    ok = T_ref / T_ours >= TARGET['speedup'] and worst <= TARGET['diff']
+    out += ['', f"Target: at least {TARGET['speedup']:.0f}x faster with every score within {TARGET['diff']} ({'met' if ok else 'not met'})."]
+    return '\n'.join(out)
 
 if __name__ == '__main__':
     main()

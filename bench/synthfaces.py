@@ -4,9 +4,10 @@
     eager and with render_factors(compiled=True) (torch.compile; its warm-up reported apart).
 (b) images/s served from the SynthFaces uint8 memmap cache vs decoding + centre-cropping + resizing the same number
     of 178x218 JPEG files with PIL (CelebA's aligned size), both through a DataLoader with 2 workers.
-Run: .venv/bin/python bench/synthfaces.py [--n 4096]; prints a markdown table for BENCHMARKS.md.
+Run: .venv/bin/python bench/synthfaces.py [--n 4096]; saves bench/results/synthfaces.json (or --out), whose table
+BENCHMARKS.md shows through `markdown(results)` (`--markdown FILE`), never typed.
 """
-import argparse, os, sys, tempfile, time
+import argparse, json, os, sys, tempfile, time
 import multiprocessing as mp
 from pathlib import Path
 import numpy as np
@@ -40,17 +41,19 @@ def _drain(loader):
     return n, time.perf_counter() - t
 
 def main():
-    ap = argparse.ArgumentParser(); ap.add_argument('--n', type=int, default=4096);     a = ap.parse_args(); n = a.n; cores = os.cpu_count() or 1
-    rows = []
+    ap = argparse.ArgumentParser(); ap.add_argument('--n', type=int, default=4096)
+    ap.add_argument('--out', default=str(Path(__file__).parent / 'results' / 'synthfaces.json'))
+    ap.add_argument('--markdown', help='print the table of this saved results file and stop')
+    a = ap.parse_args(); n = a.n; cores = os.cpu_count() or 1
+    if a.markdown: print(markdown(json.loads(Path(a.markdown).read_text()))); return
+    r = {}
     # (a) rendering
-    m, dt, _ = _render_worker((n, 64, 0, False)); one = m / dt
-    rows.append(('render 64 px, all ground truth, eager, 1 process x 1 thread', f'{one:,.0f} img/s', '1.00x'))
+    m, dt, _ = _render_worker((n, 64, 0, False)); r['render_one'] = m / dt
     for compiled in (False, True):
         with mp.get_context('spawn').Pool(cores) as pool:
             res = pool.map(_render_worker, [(n // cores, 64, s, compiled) for s in range(cores)])
-        par = sum(r[0] for r in res) / max(r[1] for r in res)
-        what = f"{'compiled (warm-up ' + format(max(r[2] for r in res), '.0f') + ' s, apart)' if compiled else 'eager'}"
-        rows.append((f'render 64 px, all ground truth, {what}, {cores} processes x 1 thread', f'{par:,.0f} img/s', f'{par / one:.2f}x'))
+        r['render_compiled' if compiled else 'render_eager'] = sum(x[0] for x in res) / max(x[1] for x in res)
+        if compiled: r['compile_warmup_s'] = max(x[2] for x in res)
     # (b) cache vs JPEG, same number of images, DataLoader with 2 workers each
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
@@ -72,12 +75,31 @@ def main():
         _drain(cache); _drain(jpeg)   # first epoch: start the workers, warm the page cache
         cache_n, cache_t = _drain(cache)
         jpeg_n, jpeg_t = _drain(jpeg)
-    c, j = cache_n / cache_t, jpeg_n / jpeg_t
-    rows.append((f'serve from SynthFaces memmap cache ({n} images, 2 workers; built once in {build:.1f} s)', f'{c:,.0f} img/s', f'{c / j:.1f}x PIL JPEG'))
-    rows.append((f'PIL: decode 178x218 JPEG, crop, resize to 64 ({n} images, 2 workers)', f'{j:,.0f} img/s', '1.0x'))
-    print(f"\n### SynthFaces (bench/synthfaces.py, n={n}, {cores} cores, torch {torch.__version__})\n")
-    print('| what | speed | ratio |\n|---|---|---|')
-    for r in rows: print('| ' + ' | '.join(r) + ' |')
+    r.update(cache=cache_n / cache_t, jpeg=jpeg_n / jpeg_t, cache_build_s=build)
+    hw = open('/proc/cpuinfo').read().split('model name')[1].split('\n')[0].strip(': \t') if os.path.exists('/proc/cpuinfo') else 'CPU'
+    results = dict(date=time.strftime('%Y-%m-%d'), hardware=hw, cores=cores, torch=torch.__version__, n=n,
+                   load=os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan'), images_per_s=r)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(json.dumps(results, indent=1) + '\n')
+    print('\n' + markdown(results))
+
+TARGETS = dict(render=2000., cache_vs_jpeg=4.)      # the foundation issue's: compiled renders per second, cache over PIL
+
+def markdown(results: dict) -> str:
+    "BENCHMARKS.md's table of one saved results file, with the targets' verdicts computed from it."
+    r, n, cores = results['images_per_s'], results['n'], results['cores']
+    one, c, j = r['render_one'], r['cache'], r['jpeg']
+    rows = [('render 64 px, all ground truth, eager, 1 process x 1 thread', one, '1.00x'),
+            (f'render 64 px, all ground truth, eager, {cores} processes x 1 thread', r['render_eager'], f"{r['render_eager'] / one:.2f}x"),
+            (f"render 64 px, all ground truth, `compiled=True` (warm-up {r['compile_warmup_s']:.0f} s, apart), {cores} processes x 1 thread", r['render_compiled'], f"{r['render_compiled'] / one:.2f}x"),
+            (f"serve from SynthFaces memmap cache ({n} images, 2 workers; built once in {r['cache_build_s']:.1f} s)", c, f'{c / j:.1f}x PIL JPEG'),
+            (f'PIL: decode 178x218 JPEG, crop, resize to 64 ({n} images, 2 workers)', j, '1.0x')]
+    met = lambda ok: 'met' if ok else 'not met'
+    return '\n'.join([f"Measured {results['date']} on {results['hardware']} (`bench/synthfaces.py --n {n}`, {cores} cores, load average "
+                       f"{results['load']:.1f}), torch {results['torch']}.", '', '| what | speed | ratio |', '|---|---|---|',
+                       *[f'| {w} | {v:,.0f} img/s | {q} |' for w, v, q in rows], '',
+                       f"Targets: rendering at least {TARGETS['render']:,.0f} img/s ({met(r['render_compiled'] >= TARGETS['render'])} in this run: "
+                       f"{r['render_compiled']:,.0f} compiled), serving from the cache at least {TARGETS['cache_vs_jpeg']:.0f}x PIL "
+                       f"({met(c / j >= TARGETS['cache_vs_jpeg'])}: {c / j:.1f}x)."])
 
 if __name__ == '__main__':
     main()
