@@ -37,8 +37,8 @@ def tiny_zoo(root: Path) -> Path:
     zoo.add_baseline_entries(run_experiment("baselines", dict(datasets="dsprites", models="beta_vae", steps=30, pool=256, metric_scale=0.002,
                                                               metric_batch=8), out=root / "runs", experiments=EXPS), zoo=z, check_n=500)
     zoo.add_subspaces_entries(run_experiment("subspaces", dict(steps=24, batch=8, n_identities=40, images_per_identity=4, n_codes=16,
-                                                               baseline_steps=0, ablations=""), out=root / "runs", experiments=EXPS), zoo=z)
-    zoo.add_idmap_entries(run_experiment("idmap", dict(n_train=200, steps=24, batch=8, ablations="", w_encoder_steps=24, n_eval=16, n_sequences=0,
+                                                               baseline_steps=0, ablations="no_mask"), out=root / "runs", experiments=EXPS), zoo=z)
+    zoo.add_idmap_entries(run_experiment("idmap", dict(n_train=200, steps=24, batch=8, ablations="no_adversarial", w_encoder_steps=24, n_eval=16, n_sequences=0,
                                                        threads=1), out=root / "runs", experiments=EXPS), zoo=z, check_n=8)
     zoo.add_zerodim_entries(run_experiment("zerodim", dict(datasets="shapes3d", train_size=256, n_labels=64, epochs=1, amortization_epochs=1,
                                                            synthesis_epochs=1, batch_size=32, n_eval=200, n_boot=3, threads=1),
@@ -100,6 +100,11 @@ def test_reproduce_tiny(tmp_path):
     assert (("✓" if met else "✗") + " beats the W-swap of layers on identity and attribute error") in line("2: latent mapping (Nitzan)")
     assert np.isfinite(m["idmap.method.attribute_error"]) and np.isfinite(m["idmap.baseline_halves.attribute_error"])
     assert ("✓" if m["zerodim.labeled_accuracy"] >= 0.95 else "✗") + " labeled accuracy ≥ 0.95" in line("4: ZeroDIM (Gabbay)")
+    # each method beside its ablations and baselines on the same data: the zoo's ablations scored here, ZeroDIM's baselines from its card
+    assert "— (an ablation)" in line("1 ablation: no_mask") and "zoo `subspaces-no_mask-synthfaces-64`" in line("1 ablation: no_mask")
+    assert 0 <= m["subspaces_no_mask.locality_mean"] <= 1 or np.isnan(m["subspaces_no_mask.locality_mean"])
+    assert "not dominated by no_adversarial" in line("2: latent mapping (Nitzan)") and np.isfinite(m["idmap.no_adversarial.attribute_error"])
+    assert "not rescored here" in line("4 baseline: β-VAE (card)") and "not rescored here" in line("4 baseline: semi-supervised VAE (card)")
 
 
 def test_baselines_on_a_folder_of_photos(tmp_path):
