@@ -1,6 +1,7 @@
 "The shipped experiments run end to end through `run_experiment` with tiny parameters."
 from __future__ import annotations
 import json
+import nbformat
 import numpy as np
 from pathlib import Path
 
@@ -76,6 +77,11 @@ def test_reproduce_tiny(tmp_path):
         assert any(c.strip() not in ("", "-") for c in line.split("|")[2:-1]), line      # every row has numbers
     assert "Run time" in (run / "report.html").read_text() and m["seconds"] > 0
     assert "PosixPath(" not in (run / "report.html").read_text()                 # no stray outputs in the report
+    executed = nbformat.read(run / "reproduce.ipynb", as_version=4)
+    stderr = [o.get("text", "")[:200] for c in executed.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
+    assert not stderr, f"stderr in the report: {stderr}"                          # no warnings: fixed at their source
+    import re
+    assert not re.findall(r'(?:src|href)="https?://', (run / "report.html").read_text()), "the report loads something from the network"
     # the zoo's models were scored here, on held-out data, and the report says which model each row is
     assert 0 <= m["zoo.beta_vae-dsprites.MIG"] <= 1 and 0 <= m["zoo.beta_vae-dsprites.DCI-D"] <= 1
     assert "zoo `subspaces-synthfaces-64`: 24 steps" in next(l for l in table.splitlines() if l.startswith("| 1: independent subspaces |"))
