@@ -44,7 +44,7 @@ def main():
             e.cfg.steps = 2 + a.steps
             t = time.perf_counter(); e.fit(); eng_t.append((time.perf_counter() - t) / a.steps)
         print(f"round {r}: bare {bare_t[-1] * 1e3:.1f} ms/step, engine {eng_t[-1] * 1e3:.1f} ms/step", flush=True)
-    hw = open('/proc/cpuinfo').read().split('model name')[1].split('\n')[0].strip(': \t') if os.path.exists('/proc/cpuinfo') else 'CPU'
+    from disentangle.core import cpu_name; hw = cpu_name()
     results = dict(date=time.strftime('%Y-%m-%d'), hardware=hw, torch=torch.__version__, steps=a.steps, rounds=a.rounds,
                    load=os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan'), bare_s=bare_t, engine_s=eng_t)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(json.dumps(results, indent=1) + '\n')

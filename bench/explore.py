@@ -58,7 +58,7 @@ def main():
     fx = X.FactorExplorer(zoo.load('zerodim-shapes3d'), x[:8].float() / 255)
     r["method 4 factor value + the model's reading"] = moves(fx, fx.value, [2, 7], a.moves)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    hw = open('/proc/cpuinfo').read().split('model name')[1].split('\n')[0].strip(': \t') if os.path.exists('/proc/cpuinfo') else 'CPU'
+    from disentangle.core import cpu_name; hw = cpu_name()
     results = dict(date=time.strftime('%Y-%m-%d'), hardware=hw, cores=os.cpu_count(), load=load, torch=torch.__version__,
                    moves=a.moves, threads=a.threads, ms={k: (1000 * v).round(3).tolist() for k, v in r.items()})
     Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(json.dumps(results, indent=1) + "\n")

@@ -152,7 +152,7 @@ def main():
         t = time.perf_counter(); r = ref(); tr = time.perf_counter() - t
         rows[name] = dict(reference_s=tr, ours_s=to, diff=max(abs(float(o[k]) - float(r[k])) for k in r), scores={k: float(o[k]) for k in o})
         print(name, rows[name], flush=True)
-    hw = open('/proc/cpuinfo').read().split('model name')[1].split('\n')[0].strip(': \t') if os.path.exists('/proc/cpuinfo') else 'CPU'
+    from disentangle.core import cpu_name; hw = cpu_name()
     results = dict(date=time.strftime('%Y-%m-%d'), hardware=hw, cores=os.cpu_count(), torch=torch.__version__, scale=a.scale, n_train=n(10000),
                    load=os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan'), metrics=rows)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(json.dumps(results, indent=1) + '\n')

@@ -80,7 +80,7 @@ def main():
         r["ours_w"] = drain(lambda: ours_w)
         r["cache"] = drain(lambda: cached.loader(num_workers=0, **kw))
         r["cache_w"] = drain(lambda: cached_w)
-    hw = open('/proc/cpuinfo').read().split('model name')[1].split('\n')[0].strip(': \t') if os.path.exists('/proc/cpuinfo') else 'CPU'
+    from disentangle.core import cpu_name; hw = cpu_name()
     results = dict(date=time.strftime('%Y-%m-%d'), hardware=hw, cores=os.cpu_count() or 1, torch=torch.__version__, n=a.n, workers=w,
                    load=os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"), build_s=build, images_per_s=r)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(json.dumps(results, indent=1) + "\n")

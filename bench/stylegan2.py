@@ -66,8 +66,8 @@ def main():
     dev = get_device(a.device)
     variants = [('fp32', False, 'nhwc'), ('fp32', False, 'nchw')]
     if dev.type == 'cuda': variants = [('bf16', False, 'nhwc'), ('fp32', False, 'nhwc'), ('bf16', False, 'nchw')] + ([('bf16', True, 'nhwc')] if a.compile else [])
-    hw = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else (
-        open('/proc/cpuinfo').read().split('model name')[1].split('\n')[0].strip(': \t') if os.path.exists('/proc/cpuinfo') else 'CPU')
+    from disentangle.core import cpu_name
+    hw = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else cpu_name()
     rows = []
     for size in map(int, a.sizes.split(',')):
         batch = a.batch or AUTO_BATCH[size]

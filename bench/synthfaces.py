@@ -76,7 +76,7 @@ def main():
         cache_n, cache_t = _drain(cache)
         jpeg_n, jpeg_t = _drain(jpeg)
     r.update(cache=cache_n / cache_t, jpeg=jpeg_n / jpeg_t, cache_build_s=build)
-    hw = open('/proc/cpuinfo').read().split('model name')[1].split('\n')[0].strip(': \t') if os.path.exists('/proc/cpuinfo') else 'CPU'
+    from disentangle.core import cpu_name; hw = cpu_name()
     results = dict(date=time.strftime('%Y-%m-%d'), hardware=hw, cores=cores, torch=torch.__version__, n=n,
                    load=os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan'), images_per_s=r)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(json.dumps(results, indent=1) + '\n')

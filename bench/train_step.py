@@ -258,7 +258,8 @@ def main():
     import torch
     models, threads, precs = a.models.split(','), [int(t) for t in a.threads.split(',')], a.precisions.split(',')
     cpu = 'cpu' == a.device
-    hw = (open('/proc/cpuinfo').read().split('model name')[1].split('\n')[0].strip(': \t') if cpu else torch.cuda.get_device_name())
+    from disentangle.core import cpu_name
+    hw = cpu_name() if cpu else torch.cuda.get_device_name()
     results = {'hardware': hw, 'torch': torch.__version__, 'date': time.strftime('%Y-%m-%d')}
     if a.curves:
         rows = {}

@@ -341,14 +341,15 @@ def _norm(v): return json.loads(json.dumps(v, default=str))
 
 def _provenance() -> dict:
     "What a model card needs of the code and the machine: the commit of the package's checkout (and whether it had changes), torch, threads, CPU or GPU."
-    import platform, subprocess, torch
+    import subprocess, torch
     root = Path(disentangle.__file__).resolve().parent.parent
     git = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True, timeout=30)
     try:
         head = git("rev-parse", "HEAD"); commit = head.stdout.strip() if head.returncode == 0 else None
         dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip()) if commit else None
     except (OSError, subprocess.SubprocessError): commit, dirty = None, None
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    from disentangle.core import cpu_name
+    cpu = cpu_name()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return dict(commit=commit, dirty=dirty, torch=torch.__version__, threads=int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1),
                 hardware=gpu or f"{cpu} ({os.cpu_count()} cores)")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 # %% auto 0
-__all__ = ['KINDS', 'seed_everything', 'get_device', 'from_dict', 'atomic_write', 'atomic_folder', 'save_tensors',
+__all__ = ['KINDS', 'seed_everything', 'get_device', 'cpu_name', 'from_dict', 'atomic_write', 'atomic_folder', 'save_tensors',
            'CheckpointError', 'sniff', 'file_kind', 'load_tensors', 'Registry', 'save_metrics', 'once',
            'collate_batched', 'BatchLoader', 'argmax_channels']
 
@@ -30,6 +30,14 @@ def get_device(device: str | torch.device | None = "auto") -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+def cpu_name() -> str:
+    "The CPU's model name (/proc/cpuinfo on Linux, else `platform.processor()`), as run cards and benchmarks record it."
+    import platform
+    if Path("/proc/cpuinfo").exists():
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"): return line.split(":", 1)[1].strip()
+    return platform.processor() or "CPU"
 
 # %% ../nbs/00_core.ipynb 10
 def _check_type(value, tp) -> bool:
