@@ -17,7 +17,7 @@ import torch.nn.functional as F
 if numba.config.THREADING_LAYER == 'default': numba.config.THREADING_LAYER = 'workqueue'
 
 # %% auto 0
-__all__ = ['MS_WEIGHTS', 'DEFAULTS', 'histogram_discretize', 'discrete_mutual_info', 'discrete_entropy', 'mig',
+__all__ = ['MS_WEIGHTS', 'VERDICT_SCORE', 'DEFAULTS', 'histogram_discretize', 'discrete_mutual_info', 'discrete_entropy', 'mig',
            'dci_from_importance', 'GBT', 'gbt_importance', 'dci', 'sap_score_matrix', 'sap', 'modularity_from_mi',
            'logistic_regression', 'roc_auc_ovr', 'modularity_explicitness', 'beta_vae_score', 'factor_vae_votes',
            'factor_vae_score', 'cosine_similarity', 'identity_similarity', 'landmark_nme', 'edit_locality', 'erode',
@@ -543,6 +543,8 @@ def kid(feats1, feats2, n_subsets=100, subset_size=1000, seed=0) -> dict:
     return {'kid': float(v.mean()), 'kid_std': float(v.std())}
 
 # %% ../nbs/07_metrics.ipynb 59
+VERDICT_SCORE = {'beats': 1., 'ties': 0., 'loses': -1.}    # a verdict as metrics.json stores it (a number)
+
 def verdict(lo: float, hi: float, better: str = 'higher') -> str:
     "'beats' where the interval [lo, hi] of a difference excludes zero in the `better` direction, 'loses' the other way, else 'ties'."
     up = better == 'higher'

@@ -109,6 +109,8 @@ def write_tables(paths=None, root=None) -> list[Path]:
     return changed
 
 # %% ../nbs/22_results.ipynb 13
+_WORD = {1.: 'beats', 0.: 'ties', -1.: 'loses'}     # metrics.VERDICT_SCORE read back (metrics pulls in numba; the tables need none of it)
+
 def _verdicts(lines: list) -> str:
     return '\n'.join(f"- {'**yes**' if ok else '**no**'}: {text}" for text, ok in lines)
 
@@ -126,7 +128,7 @@ def idmap_table(root=None, name='full-1000') -> str:
     rivals = {'baseline_halves': 'the W-encoder swap of halves', 'baseline_layers': 'the W-encoder swap of coarse layers',
               'no_adversarial': '`no_adversarial`', 'no_landmarks': '`no_landmarks`'}
     ivl = 'compare.full-baseline_halves.id_similarity.lo' in m          # the run kept the paired intervals of its verdicts
-    verdict = lambda n, k: {1.: 'beats', 0.: 'ties', -1.: 'loses'}[m[f'compare.full-{n}.{k}.verdict']]
+    verdict = lambda n, k: _WORD[m[f'compare.full-{n}.{k}.verdict']]
     def said(n, k, better):
         if ivl:
             d, lo, hi = (m[f'compare.full-{n}.{k}.{q}'] for q in ('diff', 'lo', 'hi'))
@@ -220,7 +222,7 @@ def _zerodim_grid(m, name, params) -> tuple:
         for k in _BETTER:
             q = f'compare.{name}.{key}.{k}'
             if f'{q}.diff' not in m: continue
-            word = {1.: 'beats', 0.: 'ties', -1.: 'loses'}.get(m[f'{q}.verdict'], 'untested')
+            word = _WORD.get(m[f'{q}.verdict'], 'untested')
             ivl.append(f"{_BETTER[k]} {m[f'{q}.diff']:+.3f} [{m[f'{q}.lo']:+.3f}, {m[f'{q}.hi']:+.3f}] {word}")
             v.append((f"{name}: ZeroDIM above the {label} on {_BETTER[k]} (ZeroDIM − {label} {m[f'{q}.diff']:+.3f} "
                       f"[{m[f'{q}.lo']:+.3f}, {m[f'{q}.hi']:+.3f}]: {word})", word == 'beats'))
