@@ -488,7 +488,7 @@ def format_status(s: dict) -> str:
 
 # %% ../nbs/30_cli.ipynb 40
 def keep_run(run: str | os.PathLike, name: str, results: str | os.PathLike | None = None, max_bytes: int = 400_000) -> Path:
-    "Copy a finished run's small results (parameters, metrics, run state, trainings' progress, figures) to `results/<experiment>/<name>/`."
+    "Copy a finished run's small results (parameters, metrics, run state, trainings' progress, its other JSON records such as recipes.json, figures) to `results/<experiment>/<name>/`."
     import shutil
     run = Path(run)
     st = run_status(run)
@@ -498,8 +498,8 @@ def keep_run(run: str | os.PathLike, name: str, results: str | os.PathLike | Non
     for f in ("params.json", "metrics.json", "run.json"): shutil.copy2(run / f, dest / f)
     for p in run.rglob("progress.json"):
         shutil.copy2(p, dest / f"progress-{str(p.parent.relative_to(run)).replace('/', '-')}.json")
-    for p in run.glob("*.png"):
-        if p.stat().st_size <= max_bytes: shutil.copy2(p, dest / p.name)
+    for p in [*run.glob("*.png"), *run.glob("*.json")]:
+        if p.name not in ("params.json", "metrics.json", "run.json") and p.stat().st_size <= max_bytes: shutil.copy2(p, dest / p.name)
     return dest
 
 # %% ../nbs/30_cli.ipynb 43

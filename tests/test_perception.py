@@ -37,6 +37,19 @@ def test_train_perception_tiny(tmp_path):
     assert {p.name for p in sub.glob("*.safetensors")} == {"landmarks.safetensors"}
     a, b = P.load_pretrained(run / "landmarks.safetensors"), P.load_pretrained(sub / "landmarks.safetensors")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    # train=False measures saved nets with the same cells: the figures of the run that trained them, and no weights written
+    measured = run_experiment("train_perception", dict(params, train=False, assets_dir=str(run)), out=tmp_path / "measured", experiments=EXPS)
+    mm = json.loads((measured / "metrics.json").read_text())
+    for k in ("id_judge.tar_far1e-03", "id_train.invariance.pose", "landmarks.nme", "parser.miou", "factors.r2_mean", "factor_judge.r2_mean_blur1", "factors.fid_blur1"):
+        assert mm[k] == pytest.approx(m[k], rel=1e-5, abs=1e-6), k
+    assert mm["landmarks.steps"] == 6 and mm["parser.batch_size"] == 8 and mm["id_judge.shared_identities"] == 0
+    assert not list(measured.glob("*.safetensors")) and not (measured / "losses.png").exists()
+    recipes = json.loads((measured / "recipes.json").read_text())
+    assert recipes["id_judge"]["loss"] == "cosface" and recipes["id_train"]["architecture"] == "resnet" and recipes["factor_judge"]["judge"]
+    with pytest.raises(Exception, match="bundled id_train: its recipe's data"):   # the package's nets were trained on another SynthFaces set
+        run_experiment("train_perception", dict(params, train=False, nets="id_train"), out=tmp_path / "wrong", experiments=EXPS)
+    with pytest.raises(Exception, match="nothing to bundle"):
+        run_experiment("train_perception", dict(params, train=False, bundle=True), out=tmp_path / "bundle", experiments=EXPS)
 
 
 @pytest.mark.parametrize("name", P.BUNDLED)

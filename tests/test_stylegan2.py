@@ -111,6 +111,15 @@ def test_train_stylegan2_tiny(tmp_path):
     run2 = run_experiment("train_stylegan2", {**p, "kimg": 0.096}, out=tmp_path / "b", experiments=exps)   # resumes at step 8
     assert json.loads((run2 / "metrics.json").read_text())["steps"] == 12
     assert json.loads((tmp_path / "train" / "log.jsonl").read_text().splitlines()[-1])["step"] == 12
+    # score=FILE trains nothing and scores that generator with the same code: the first run's FID again
+    log = (tmp_path / "train" / "log.jsonl").read_text()
+    scored = run_experiment("train_stylegan2", {**p, "score": str(run / "stylegan2-synthfaces-64.safetensors")}, out=tmp_path / "c", experiments=exps)
+    s = json.loads((scored / "metrics.json").read_text())
+    assert s["scored_only"] == 1 and "steps" not in s and s["kimg"] == m["kimg"] == 0.064
+    assert s["fid_in_domain"] == pytest.approx(m["fid_in_domain"], rel=1e-5) and s["fid_in_domain_real_halves"] == pytest.approx(m["fid_in_domain_real_halves"])
+    assert (tmp_path / "train" / "log.jsonl").read_text() == log and not (scored / "losses.png").exists()
+    with pytest.raises(Exception, match="nothing to bundle"):
+        run_experiment("train_stylegan2", {**p, "score": "bundled", "bundle": True}, out=tmp_path / "d", experiments=exps)
 
 
 def test_train_stylegan2_on_a_real_layout(tmp_path):
