@@ -358,7 +358,7 @@ def target_masks(recipient_factors, donor_factors, regions='paper', size=64, chu
 
 @torch.no_grad()
 def evaluate_swaps(sw: Swapper, recipients: dict, donors: dict, regressor, regions='paper', dilation=0, scored=None, chunk=256,
-                   targets=None, references=None, parts=False):
+                   targets=None, references=None, parts=False, relative=False):
     """Swap each region from donors into recipients (batch dicts with image, mask, factors); metrics and the swapped images.
     `scored`: the factor indices the transfer R^2 reads (default all). `targets`: region name -> class masks (N,H,W) of
     the faces each swap should produce (`target_masks`); without them locality uses the donors' masks. `references`:
@@ -366,7 +366,10 @@ def evaluate_swaps(sw: Swapper, recipients: dict, donors: dict, regressor, regio
     their keys end in the suffix. Real faces have no factors: with `regressor=None` (or no 'factors' in the dicts and
     no `references`) only locality, PSNR and SSIM are measured. `parts`: a fourth result, the per-face pieces of the
     main scores (region -> per-face locality, the judge's readings, both faces' factors, the region's columns), from
-    which `swap_scores` recomputes them on any subset of the faces (the bootstrap of `bootstrap_compare`)."""
+    which `swap_scores` recomputes them on any subset of the faces (the bootstrap of `bootstrap_compare`).
+    `relative`: also score every swap against the judge's readings of the model's *own reconstructions* of the
+    recipient and the donor (keys ending in `_relative`): does the swap carry the part as the model draws it, and
+    keep the rest as the model draws it, whatever the judge makes of its drawings. It needs no true factors."""
     enc = lambda x: torch.cat([sw.encode(x[i:i + chunk]) for i in range(0, len(x), chunk)])
     dec = lambda c: torch.cat([sw.decode(c[i:i + chunk]) for i in range(0, len(c), chunk)])
     cr, cd = enc(recipients['image']), enc(donors['image'])
@@ -376,13 +379,15 @@ def evaluate_swaps(sw: Swapper, recipients: dict, donors: dict, regressor, regio
     if 'factors' in recipients and 'factors' in donors: refs = {'': (recipients['factors'], donors['factors'], scored), **refs}
     if regressor is None: refs = {}
     fgroups = factor_groups(regions)
-    pred_rec = predict(regressor, rec) if refs else None
+    pred_rec = predict(regressor, rec) if refs or (relative and regressor is not None) else None
+    if relative and regressor is not None:      # the judge against itself: swapped image vs the model's reconstructions
+        refs['_relative'] = (pred_rec, predict(regressor, dec(cd)), scored)
     for sfx, (fr, fd, cols) in list(refs.items()):
         cols = list(range(fr.shape[1])) if cols is None else sorted(cols)
         pos = {j: i for i, j in enumerate(cols)}
         groups = {n: [pos[j] for j in v if j in pos] for n, v in fgroups.items()}     # columns among the scored
         refs[sfx] = (fr[:, cols], fd[:, cols], cols, groups)
-        out[f'r2_reconstruction{sfx}'] = float(r2_scores(pred_rec[:, cols], refs[sfx][0]).mean())
+        if sfx != '_relative': out[f'r2_reconstruction{sfx}'] = float(r2_scores(pred_rec[:, cols], refs[sfx][0]).mean())
     swapped, pieces = {}, {}
     for k, name in enumerate(sw.names):
         x = dec(swap_codes(cr, cd, sw.groups[k])); swapped[name] = x
@@ -392,33 +397,48 @@ def evaluate_swaps(sw: Swapper, recipients: dict, donors: dict, regressor, regio
         pred = predict(regressor, x) if refs else None                                  # read once, scored against every reference
         pieces[name] = {'locality': loc}
         if '' in refs: pieces[name].update(pred=pred[:, refs[''][2]], donor=refs[''][1], recipient=refs[''][0], cols=refs[''][3][name])
+        if '_relative' in refs:
+            fr, fd, cols, groups = refs['_relative']
+            pieces[name]['relative'] = dict(pred=pred[:, cols], donor=fd, recipient=fr, cols=groups[name])
         for sfx, (fr, fd, cols, groups) in refs.items():
             t = transfer_r2(pred[:, cols], fd, fr, groups[name])
             out[f'{name}.donor_r2{sfx}'] = float(t['donor'].mean()) if len(t['donor']) else float('nan')
             out[f'{name}.kept_r2{sfx}'] = float(t['kept'].mean())
     for key in ['locality'] + [f'{r}_r2{sfx}' for sfx in refs for r in ('donor', 'kept')]:   # means over regions
         out[key] = float(np.nanmean([out[f'{n}.{key}'] for n in sw.names]))
+    if parts:   # the reconstructions' pieces: per-face PSNR and, when judged, the readings behind r2_reconstruction
+        mse = (rec.double() - recipients['image'].double()).pow(2).flatten(1).mean(1)
+        pieces['_reconstruction'] = dict(psnr=10 * torch.log10(4 / mse.clamp(min=1e-20)))
+        if '' in refs: pieces['_reconstruction'].update(pred=pred_rec[:, refs[''][2]], read=refs[''][0])
     return (out, swapped, rec, pieces) if parts else (out, swapped, rec)
 
 def swap_scores(pieces: dict, idx=None) -> dict:
-    "locality, donor_r2 and kept_r2 (means over regions) of the faces `idx` (default all) from `evaluate_swaps(..., parts=True)`'s pieces."
-    loc, don, kept = [], [], []
-    for p in pieces.values():
-        l = p['locality'] if idx is None else p['locality'][idx]
+    """locality, donor_r2 and kept_r2 (means over regions), with `relative` their `_relative` twins, and the
+    reconstructions' psnr and r2_reconstruction, of the faces `idx` (default all) from `evaluate_swaps(..., parts=True)`'s pieces."""
+    sel = (lambda t: t) if idx is None else (lambda t: t[idx])
+    loc, don, kept, rdon, rkept = [], [], [], [], []
+    for name, p in pieces.items():
+        if name == '_reconstruction': continue
+        l = sel(p['locality'])
         loc.append(float(l[~l.isnan()].mean()) if (~l.isnan()).any() else float('nan'))
-        if 'pred' in p:
-            sel = (lambda t: t) if idx is None else (lambda t: t[idx])
-            t = transfer_r2(sel(p['pred']), sel(p['donor']), sel(p['recipient']), p['cols'])
-            don.append(float(t['donor'].mean()) if len(t['donor']) else float('nan')); kept.append(float(t['kept'].mean()))
+        for q, d, k in ((p, don, kept), (p.get('relative'), rdon, rkept)):
+            if q is None or 'pred' not in q: continue
+            t = transfer_r2(sel(q['pred']), sel(q['donor']), sel(q['recipient']), q['cols'])
+            d.append(float(t['donor'].mean()) if len(t['donor']) else float('nan')); k.append(float(t['kept'].mean()))
     out = {'locality': float(np.nanmean(loc))}
     if don: out.update(donor_r2=float(np.nanmean(don)), kept_r2=float(np.nanmean(kept)))
+    if rdon: out.update(donor_r2_relative=float(np.nanmean(rdon)), kept_r2_relative=float(np.nanmean(rkept)))
+    r = pieces.get('_reconstruction')
+    if r is not None:
+        out['psnr'] = float(sel(r['psnr']).mean())
+        if 'pred' in r: out['r2_reconstruction'] = float(r2_scores(sel(r['pred']), sel(r['read'])).mean())
     return out
 
 def bootstrap_compare(a: dict, b: dict, n=1000, seed=0, level=0.95) -> dict:
     """Paired bootstrap over the faces of the difference a - b of every `swap_scores` key (a, b: the pieces of two
     swappers on the same recipients and donors): key -> dict(diff, lo, hi, verdict). The verdict is 'beats' when the
     interval lies above zero, 'loses' when below, 'ties' when it holds zero."""
-    N = len(next(iter(a.values()))['locality'])
+    N = len(next(p for n, p in a.items() if n != '_reconstruction')['locality'])
     rng = np.random.default_rng(seed)
     sa, sb = swap_scores(a), swap_scores(b)
     draws = {k: [] for k in sa if k in sb}
