@@ -20,8 +20,8 @@ __all__ = ['REGION_SETS', 'region_names', 'class_to_region', 'region_labels', 'f
            'SubspaceAE', 'permute_blocks', 'TCDiscriminator', 'tc_estimate', 'disc_loss', 'region_weights',
            'subspace_losses', 'SubspaceMethod', 'swap_codes', 'Swapper', 'subspace_swapper', 'renderer_swapper',
            'swap_grid', 'interpolate', 'show_grid', 'swap_locality', 'transfer_r2', 'group_matrix', 'subspace_dci',
-           'subspace_mig', 'assign_dims', 'predict', 'target_masks', 'evaluate_swaps', 'swap_scores',
-           'bootstrap_compare', 'evaluate_codes']
+           'subspace_mig', 'assign_dims', 'FaceImages', 'baseline_swapper', 'predict', 'target_masks', 'evaluate_swaps',
+           'swap_scores', 'bootstrap_compare', 'evaluate_codes']
 
 # %% ../nbs/11_subspaces.ipynb 5
 REGION_SETS = {
@@ -342,6 +342,24 @@ def assign_dims(codes, factors, groups: dict):
     return {n: [int(i) for i in torch.nonzero(best == j).flatten()] for j, n in enumerate(groups)}
 
 # %% ../nbs/11_subspaces.ipynb 32
+class FaceImages(torch.utils.data.Dataset):
+    "A face data set (images in [-1, 1]) in the ground-truth interface `train_baseline` draws from: indices as factors, images in [0, 1]."
+    name = 'SynthFaces'
+    def __init__(self, ds): self.ds = ds
+    def __len__(self): return len(self.ds)
+    def sample_factors(self, n, rng): return rng.integers(0, len(self.ds), n)
+    def observations(self, idx): return (self.ds.__getitems__(np.asarray(idx))['image'] + 1) / 2
+
+def baseline_swapper(model, assign: dict, regions='paper') -> Swapper:
+    "Swapper of a `baselines.Baseline` (AE, β-VAE, ...): posterior means as codes, the units `assign[region]` swapped with each region."
+    model.eval(); dev = next(model.parameters()).device
+    missing = [n for n in region_names(regions) if n not in assign]
+    if missing: raise KeyError(f"baseline_swapper: no code units assigned to regions {missing}; assign has {sorted(assign)}")
+    enc = torch.no_grad()(lambda x: model.encode(((x + 1) / 2).to(dev)).float().cpu())
+    dec = torch.no_grad()(lambda c: (torch.sigmoid(model.decoder(c.to(dev)).float()) * 2 - 1).cpu())
+    return Swapper(enc, dec, [assign[n] for n in region_names(regions)], region_names(regions))
+
+# %% ../nbs/11_subspaces.ipynb 35
 @torch.no_grad()
 def predict(net, x, chunk=256):
     dev = next(net.parameters()).device

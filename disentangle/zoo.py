@@ -31,6 +31,9 @@ RECIPES = Registry('zoo recipe')
 def _baseline_data(r):
     from disentangle import groundtruth as gt
     d = r['data']
+    if d.get('faces'):      # a baseline trained on method 1's faces (the subspaces experiment's β-VAE): that training split
+        from disentangle.subspaces import FaceImages
+        return FaceImages(_subspaces_faces({'data': dict(name=d['name'], **d['faces'])}, 'train'))
     make = {'dsprites': gt.DSprites, 'shapes3d': gt.Shapes3D,
             'synthfaces': lambda: gt.SynthFacesGrid(tuple(d.get('factors', ())) or gt.SynthFacesGrid().factor_names)}
     if d['name'] not in make: raise ValueError(f"recipe: no ground-truth data set {d['name']!r} to replay; valid: {sorted(make)}")
@@ -46,7 +49,12 @@ def _baseline_replay(r, steps, out_dir):
     _, rows = train_baseline(BaselineConfig(**r['config']), _baseline_data(r), device='cpu', progress=False, out_dir=out_dir, stop_after=steps)
     return rows
 
-for _m in ('ae', 'beta_vae', 'beta_tcvae'): RECIPES[_m] = Recipe(_baseline_build, _baseline_replay, held_out=_baseline_data)
+def _baseline_held_out(r):
+    "Fresh draws of the ground-truth data set, or the test split of the faces a face baseline trained on."
+    d = r['data']
+    return _subspaces_faces({'data': dict(name=d['name'], **d['faces'])}, 'test') if d.get('faces') else _baseline_data(r)
+
+for _m in ('ae', 'beta_vae', 'beta_tcvae'): RECIPES[_m] = Recipe(_baseline_build, _baseline_replay, held_out=_baseline_held_out)
 
 # %% ../nbs/20_zoo.ipynb 7
 ZOO = Path(disentangle.__file__).parent / 'assets' / 'zoo'
@@ -246,7 +254,29 @@ def add_subspaces_entries(run, zoo=None, check_n=256, **facts) -> list[Path]:
                 f"(the paper trains on CelebA for an unstated budget)")
         out.append(add_entry(name, 'subspaces', d['name'], d['size'], run, meta['training'], model, recipe, scores, check=check,
                              budget_note=note, zoo=zoo, **facts))
+    for w in sorted(run.glob('baseline-*.safetensors')):      # the baseline the run trained at the method's budget, on the same faces
+        from disentangle.subspaces import baseline_swapper
+        method = w.stem[len('baseline-'):]
+        tensors, meta = load_tensors(w)
+        d = meta['data']
+        if d['name'] != 'synthfaces': continue
+        faces = {k: d[k] for k in ('n_identities', 'images_per_identity', 'size', 'seed')}
+        recipe = dict(config=meta['config'], channels=meta['channels'], data=dict(name='synthfaces', faces=faces), assign=meta['assign'], regions=meta['regions'])
+        model = RECIPES[method].build(recipe); model.load_state_dict(tensors)
+        test = _subspaces_faces({'data': d}, 'test')
+        T = test.__getitems__(np.linspace(0, len(test) - 1, min(check_n, len(test))).astype(int))
+        def check(m, recipe=recipe, T=T):
+            sw = baseline_swapper(m, recipe['assign'], recipe['regions'])
+            mse = float(((sw.decode(sw.encode(T['image'])) - T['image']) / 2).pow(2).mean())
+            return {'psnr': -10 * math.log10(max(mse, 1e-12))}
+        scores = {k[len(method) + 1:]: v for k, v in metrics.items() if k.startswith(method + '.') and v is not None and not k.endswith('seconds')}
+        cfg = meta['config']
+        note = (f"{cfg['steps']:,} steps of batch {cfg['batch_size']} on method 1's faces ({faces['n_identities'] * 0.8:.0f} SynthFaces people x "
+                f"{faces['images_per_identity']} images): method 1's budget in samples, its baseline")
+        out.append(add_entry(f"{method}-synthfaces-{faces['size']}", method, 'synthfaces', faces['size'], run, meta['training'], model, recipe, scores,
+                             check=check, budget_note=note, zoo=zoo, **facts))
     return out
+
 
 # %% ../nbs/20_zoo.ipynb 20
 def _idmap_parts(r, landmarks=False):

@@ -38,7 +38,7 @@ def tiny_zoo(root: Path) -> Path:
     zoo.add_baseline_entries(run_experiment("baselines", dict(datasets="dsprites", models="beta_vae", steps=30, pool=256, metric_scale=0.002,
                                                               metric_batch=8), out=root / "runs", experiments=EXPS), zoo=z, check_n=500)
     zoo.add_subspaces_entries(run_experiment("subspaces", dict(steps=24, batch=8, n_identities=40, images_per_identity=4, n_codes=16,
-                                                               baseline_steps=0, ablations="no_mask"), out=root / "runs", experiments=EXPS), zoo=z)
+                                                               baseline_steps=12, ablations="no_mask"), out=root / "runs", experiments=EXPS), zoo=z)
     zoo.add_idmap_entries(run_experiment("idmap", dict(n_train=200, steps=24, batch=8, ablations="no_adversarial", w_encoder_steps=24, n_eval=16, n_sequences=0,
                                                        threads=1), out=root / "runs", experiments=EXPS), zoo=z, check_n=8)
     zoo.add_zerodim_entries(run_experiment("zerodim", dict(datasets="shapes3d", train_size=256, n_labels=64, epochs=1, amortization_epochs=1,
@@ -109,6 +109,11 @@ def test_reproduce_tiny(tmp_path):
     # each method beside its ablations and baselines on the same data: the zoo's ablations scored here, ZeroDIM's baselines from its card
     assert "— (an ablation)" in line("1 ablation: no_mask") and "zoo `subspaces-no_mask-synthfaces-64`" in line("1 ablation: no_mask")
     assert 0 <= m["subspaces_no_mask.locality_mean"] <= 1 or np.isnan(m["subspaces_no_mask.locality_mean"])
+    assert "— (a baseline)" in line("1 baseline: β-VAE") and "zoo `beta_vae-synthfaces-64`: 12 steps" in line("1 baseline: β-VAE")
+    for r in ("no_mask", "beta_vae"):   # method 1 against each rival: a paired interval over the same held-out faces, and the verdict it gives
+        d, lo, hi, v = (m[f"subspaces.vs_{r}.locality.{q}"] for q in ("diff", "lo", "hi", "verdict"))
+        assert lo <= d <= hi and v == (1 if lo > 0 else -1 if hi < 0 else 0), (r, d, lo, hi, v)
+        assert (("✓" if v == 1 else "✗") + f" locality above {r}") in line("1: independent subspaces")
     assert "not dominated by no_adversarial" in line("2: latent mapping (Nitzan)") and np.isfinite(m["idmap.no_adversarial.attribute_error"])
     assert "not rescored here" in line("4 baseline: β-VAE (card)") and "not rescored here" in line("4 baseline: semi-supervised VAE (card)")
 
