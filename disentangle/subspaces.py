@@ -18,10 +18,10 @@ from .perception import backbone, r2_scores
 # %% auto 0
 __all__ = ['REGION_SETS', 'region_names', 'class_to_region', 'region_labels', 'factor_groups', 'SubspaceConfig', 'up_block',
            'SubspaceAE', 'permute_blocks', 'TCDiscriminator', 'tc_estimate', 'disc_loss', 'region_weights',
-           'subspace_losses', 'SubspaceMethod', 'swap_codes', 'Swapper', 'subspace_swapper', 'renderer_swapper',
-           'swap_grid', 'interpolate', 'show_grid', 'swap_locality', 'transfer_r2', 'group_matrix', 'subspace_dci',
-           'subspace_mig', 'assign_dims', 'FaceImages', 'baseline_swapper', 'predict', 'target_masks', 'evaluate_swaps',
-           'swap_scores', 'bootstrap_compare', 'evaluate_codes']
+           'region_perceptual_loss', 'subspace_losses', 'SubspaceMethod', 'swap_codes', 'Swapper', 'subspace_swapper',
+           'renderer_swapper', 'swap_grid', 'interpolate', 'show_grid', 'swap_locality', 'transfer_r2', 'group_matrix',
+           'subspace_dci', 'subspace_mig', 'assign_dims', 'FaceImages', 'baseline_swapper', 'predict', 'target_masks',
+           'evaluate_swaps', 'swap_scores', 'bootstrap_compare', 'evaluate_codes']
 
 # %% ../nbs/11_subspaces.ipynb 5
 REGION_SETS = {
@@ -84,6 +84,10 @@ class SubspaceConfig:
     w_mask: float = 0.3         # weight of the mask cross-entropy (0: the "no mask loss" ablation)
     w_ind: float = 0.002        # weight of the total-correlation estimate (0: the "no independence loss" ablation)
     balance: float = 0.5        # pixel weights (region frequency in the batch)^-balance in both pixel losses; 0: plain means
+    w_perc: float = 0.0         # weight of the perceptual loss on the small parts (0: none): squared distance of frozen features
+    perc_regions: str = 'brows,eyes,mouth'   # ... restricted to these regions' masks, dilated by `perc_dilation` px
+    perc_dilation: int = 2
+    perc_net: str = 'factors'   # ... features: photogeo.perceptual_net (a bundled net's first stages, 16 x 16 at 64 px)
     lr: float = 3e-3            # Adam learning rate of encoder and decoders
     lr_disc: float = 2e-4       # Adam learning rate of the discriminator
 
@@ -193,8 +197,18 @@ def region_weights(regions_map, K, balance=0.5):
     w = freq.clamp(min=1e-4).pow(-balance)[regions_map]
     return w / w.mean()
 
-def subspace_losses(out, x, regions_map, cfg: SubspaceConfig, disc=None, code=None) -> dict:
-    "The weighted losses of one batch: `out` from SubspaceAE, images x, region maps (B, S, S) long."
+def region_perceptual_loss(features, y, x, regions_map, regions, names, dilation=2):
+    """Squared distance of frozen `features` (images -> (B, C, h, w)) between y and x, averaged over the feature
+    cells that touch the pixels of regions `names` (region maps (B, S, S) of region set `regions`), dilated by `dilation` px."""
+    keep = torch.tensor([n in names for n in region_names(regions)], device=regions_map.device)
+    m = keep[regions_map].float()[:, None]
+    if dilation: m = F.max_pool2d(m, 2 * dilation + 1, 1, dilation)
+    fy, fx = features(y), features(x)
+    m = F.adaptive_max_pool2d(m, fy.shape[-2:]).to(fy.dtype)
+    return ((fy - fx).pow(2).mean(1, keepdim=True) * m).sum() / m.sum().clamp(min=1)
+
+def subspace_losses(out, x, regions_map, cfg: SubspaceConfig, disc=None, code=None, features=None) -> dict:
+    "The weighted losses of one batch: `out` from SubspaceAE, images x, region maps (B, S, S) long; `features`: the frozen net of the perceptual term."
     w = region_weights(regions_map, out['logits'].shape[1], cfg.balance)              # (B, S, S), mean 1
     rec = ((out['image'] - x).abs().mean(1) * w).mean()
     mask = (F.cross_entropy(out['logits'], regions_map, reduction='none') * w).mean()
@@ -203,6 +217,13 @@ def subspace_losses(out, x, regions_map, cfg: SubspaceConfig, disc=None, code=No
     if out.get('enc_logits') is not None:                                             # the pooled encoder segments too
         el = F.interpolate(out['enc_logits'], size=regions_map.shape[-2:], mode='bilinear', align_corners=False)
         losses['enc_mask'] = (F.cross_entropy(el, regions_map, reduction='none') * w).mean(); loss = loss + cfg.w_mask * losses['enc_mask']
+    if cfg.w_perc > 0:
+        if features is None: raise ValueError("w_perc > 0 needs the frozen feature net (SubspaceMethod builds it from cfg.perc_net)")
+        names = [n.strip() for n in cfg.perc_regions.split(',') if n.strip()]
+        bad = [n for n in names if n not in region_names(cfg.regions)]
+        if bad: raise ValueError(f"perc_regions: {bad} are not regions of {cfg.regions!r}: {region_names(cfg.regions)}")
+        losses['perceptual'] = region_perceptual_loss(features, out['image'], x, regions_map, cfg.regions, names, cfg.perc_dilation)
+        loss = loss + cfg.w_perc * losses['perceptual']
     if cfg.w_ind > 0 and disc is not None:
         tc = tc_estimate(disc, code); losses['tc'] = tc; loss = loss + cfg.w_ind * tc
     losses['mask_accuracy'] = (argmax_channels(out['logits'].detach()) == regions_map).float().mean()
@@ -220,13 +241,18 @@ class SubspaceMethod(Method):
         self.optimizers = {'model': torch.optim.Adam(self.model.parameters(), cfg.lr),
                            'disc': torch.optim.Adam(self.disc.parameters(), cfg.lr_disc, betas=(0.5, 0.9))}
         self.lut = class_to_region(cfg.regions)
+        self.features = None
+        if cfg.w_perc > 0:
+            from disentangle.photogeo import perceptual_net
+            with torch.random.fork_rng(): self.features = perceptual_net(cfg.perc_net)   # frozen, not trained or saved; loading draws no random numbers
     def train_step(self, batch, engine) -> dict:
         cfg, x = self.cfg, batch['image']
         y = self.lut.to(x.device)[batch['mask'].long()]
         model, disc = engine['model'], engine['disc']
         out = model(x)
         code = self.model.flat(out['z'], out['g'])
-        losses = subspace_losses(out, x, y, cfg, disc if cfg.w_ind > 0 else None, code)
+        if self.features is not None: self.features = self.features.to(x.device)
+        losses = subspace_losses(out, x, y, cfg, disc if cfg.w_ind > 0 else None, code, self.features)
         engine.backward(losses['loss']); engine.step('model')
         if cfg.w_ind > 0:
             self.optimizers['disc'].zero_grad(set_to_none=True)          # drop what the TC term left on D
@@ -234,7 +260,7 @@ class SubspaceMethod(Method):
             engine.backward(losses['disc'], 'disc'); engine.step('disc')
         return losses
 
-# %% ../nbs/11_subspaces.ipynb 20
+# %% ../nbs/11_subspaces.ipynb 22
 def swap_codes(recipient, donor, idx):
     "Flat codes (B, D): the recipient's with the columns `idx` taken from the donor."
     out = recipient.clone(); out[:, idx] = donor[:, idx]
@@ -297,7 +323,7 @@ def show_grid(grid, title='', ax=None):
     ax.imshow(img.numpy()); ax.set_title(title, fontsize=9); ax.axis('off')
     return ax
 
-# %% ../nbs/11_subspaces.ipynb 23
+# %% ../nbs/11_subspaces.ipynb 25
 def swap_locality(before, after, mask_recipient, mask_donor, region, regions='paper', dilation=0, per_image=False):
     """Share of |after - before| (N,3,H,W) inside region `region` (index) of either face's class mask (N,H,W), dilated by
     `dilation` px; `per_image`: the (N,) shares (NaN where a face did not change)."""
@@ -331,7 +357,7 @@ def subspace_mig(z, y, code_groups, factor_groups, num_bins=20) -> float:
     own = [j for fg in factor_groups for j in fg]
     return float(gaps[own].mean())
 
-# %% ../nbs/11_subspaces.ipynb 29
+# %% ../nbs/11_subspaces.ipynb 31
 def assign_dims(codes, factors, groups: dict):
     "Code units (N, D) grouped by the factor group (dict name -> factor indices) each correlates with most: name -> unit indices."
     z = torch.as_tensor(codes, dtype=torch.float64); f = torch.as_tensor(factors, dtype=torch.float64)
@@ -341,7 +367,7 @@ def assign_dims(codes, factors, groups: dict):
     best = score.argmax(1)
     return {n: [int(i) for i in torch.nonzero(best == j).flatten()] for j, n in enumerate(groups)}
 
-# %% ../nbs/11_subspaces.ipynb 32
+# %% ../nbs/11_subspaces.ipynb 34
 class FaceImages(torch.utils.data.Dataset):
     "A face data set (images in [-1, 1]) in the ground-truth interface `train_baseline` draws from: indices as factors, images in [0, 1]."
     name = 'SynthFaces'
@@ -359,7 +385,7 @@ def baseline_swapper(model, assign: dict, regions='paper') -> Swapper:
     dec = torch.no_grad()(lambda c: (torch.sigmoid(model.decoder(c.to(dev)).float()) * 2 - 1).cpu())
     return Swapper(enc, dec, [assign[n] for n in region_names(regions)], region_names(regions))
 
-# %% ../nbs/11_subspaces.ipynb 35
+# %% ../nbs/11_subspaces.ipynb 37
 @torch.no_grad()
 def predict(net, x, chunk=256):
     dev = next(net.parameters()).device
