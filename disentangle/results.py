@@ -204,7 +204,7 @@ def zoo_summary(root=None) -> str:
     rows = ['| entry | method | budget | headline scores (held-out) |', '|---|---|---|---|']
     for n in zoo.names():
         c = zoo.card(n)
-        heads = [k for k in zoo.HEADLINES.get(c['method'], sorted(c['scores'])[:4]) if k in c['scores']]
+        heads = zoo.headlines(c)
         rows.append(f"| `{n}` | {c['method']} | {c['steps']:,} steps, {c['seconds'] / 3600:.2f} h on {c['threads']} CPU thread(s) | "
                     + ', '.join(f"{k} {c['scores'][k]:.3f}" for k in heads) + ' |')
     return '\n'.join(rows)
