@@ -542,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"disentangle: error: {e}", file=sys.stderr); return 2
     except RunFailed as e:
         print(f"disentangle: {e}", file=sys.stderr); return 1
+    except BrokenPipeError:          # `disentangle status RUN | head`: the reader left; say nothing more (Python's own advice)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()); return 0
     print(run)
     return 0
 

@@ -282,3 +282,12 @@ def test_every_notebook_names_its_kernel():
     missing = [str(p.relative_to(root)) for p in sorted(root.rglob("*.ipynb"))
                if json.loads(p.read_text()).get("metadata", {}).get("kernelspec", {}).get("name") != "python3"]
     assert not missing, f"notebooks without a python3 kernelspec: {missing}"
+
+
+def test_reader_that_leaves_early(exps):
+    "`disentangle list | head -1`: when the reader closes the pipe, the command ends quietly with 0 (no BrokenPipeError traceback)."
+    code = ("import os, sys; from disentangle.cli import main\n"
+            "r, w = os.pipe(); os.close(r); os.dup2(w, sys.stdout.fileno())\n"
+            f"rc = main(['--experiments', {str(exps)!r}, 'list']); sys.stdout.flush(); print('rc', rc, file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "rc 0" in out.stderr and "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr
