@@ -339,8 +339,8 @@ def _write_state(run: Path, **info):
 
 def _norm(v): return json.loads(json.dumps(v, default=str))
 
-def _provenance() -> dict:
-    "What a model card needs of the code and the machine: the commit of the package's checkout (and whether it had changes), torch, threads, CPU or GPU."
+def _provenance(threads: int | None = None) -> dict:
+    "What a model card needs of the code and the machine: the commit of the package's checkout (and whether it had changes), torch, threads (`threads`, else OMP_NUM_THREADS, else the cores), CPU or GPU."
     import subprocess, torch
     root = Path(disentangle.__file__).resolve().parent.parent
     git = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True, timeout=30)
@@ -351,7 +351,7 @@ def _provenance() -> dict:
     from disentangle.core import cpu_name
     cpu = cpu_name()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return dict(commit=commit, dirty=dirty, torch=torch.__version__, threads=int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1),
+    return dict(commit=commit, dirty=dirty, torch=torch.__version__, threads=int(threads or os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1),
                 hardware=gpu or f"{cpu} ({os.cpu_count()} cores)")
 
 def _resume_params(name: str, info: dict, run: Path, over: dict) -> dict:
@@ -399,11 +399,14 @@ def run_experiment(name: str, params: dict | None = None, out: str | os.PathLike
         raise UsageError(f"unknown experiment {name!r} in {d}; available: {', '.join(names) or '(none)'}")
     info = experiment_info(src)
     over, resolved = resolve_params(name, info, params)
+    # an experiment with `threads` > 0 runs in a kernel started at that many threads (OMP_NUM_THREADS), which is what
+    # its trainings' replays (zoo.verify) start at; a kernel started at the cores' count and set down later computes differently
+    kt = resolved.get('threads') if isinstance(resolved.get('threads'), int) and not isinstance(resolved.get('threads'), bool) and resolved['threads'] > 0 else None
     if resume is not None:
         run = Path(resume).absolute()
         resolved = _resume_params(name, info, run, over); _wait_for_trainings(run)
         over = dict(resolved)                                   # every value explicit: the run's, not today's defaults
-        state = _write_state(run, state="running", pid=os.getpid(), resumed=time.time(), resumed_with=_provenance(),
+        state = _write_state(run, state="running", pid=os.getpid(), resumed=time.time(), resumed_with=_provenance(kt),
                              resumes=json.loads((run/"run.json").read_text()).get("resumes", 0) + 1 if (run/"run.json").is_file() else 1)
     else:
         try: run = new_run_dir(out, name)
@@ -412,12 +415,13 @@ def run_experiment(name: str, params: dict | None = None, out: str | os.PathLike
                              f"{f': {e.filename}' if e.filename else ''})") from None
         (run/"params.json").write_text(json.dumps(resolved, indent=1, default=str))
         _write_state(run, experiment=name, state="running", pid=os.getpid(), started=time.time(), command=_command(name, over),
-                     params=resolved, **_provenance())
+                     params=resolved, **_provenance(kt))
     nb_out, lg = run/f"{name}.ipynb", logging.getLogger("papermill")
     handlers = [logging.FileHandler(run/"log", encoding="utf-8")] + ([logging.StreamHandler(sys.stderr)] if log else [])
     for h in handlers: lg.addHandler(h)
-    old_level, old_env = lg.level, os.environ.get("DISENTANGLE_RUN_LOG")
+    saved, old_level = {k: os.environ.get(k) for k in ("DISENTANGLE_RUN_LOG", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}, lg.level
     lg.setLevel(logging.INFO); os.environ["DISENTANGLE_RUN_LOG"] = str(run/"log")   # the trainings' progress bars go there too
+    if kt: os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(kt)
     def failed(why, e):
         _write_state(run, state="failed", ended=time.time(), error=why)
         return RunFailed(f"experiment {name!r} failed: {why}\nrun folder: {run}", run)
@@ -432,8 +436,9 @@ def run_experiment(name: str, params: dict | None = None, out: str | os.PathLike
     finally:
         for h in handlers: lg.removeHandler(h); h.close()
         lg.setLevel(old_level)
-        if old_env is None: os.environ.pop("DISENTANGLE_RUN_LOG", None)
-        else: os.environ["DISENTANGLE_RUN_LOG"] = old_env
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
     try: write_report(nb_out, run/"report.html")
     except Exception as e: raise failed(f"ran but report.html could not be written ({type(e).__name__}: {e})", e) from e
     try: check_metrics(run/"metrics.json")

@@ -916,12 +916,13 @@ def data_keys(ds) -> tuple:
 
 def experiment_data(data='synthfaces', data_root='', split='train', size=64, cache_dir=None, need=(), holdout=0.1,
                     synthfaces=None, **kw):
-    """The `split` ('train' or 'test') of the data set named by an experiment's `data` / `data_root` parameters.
+    """The `split` ('train', 'test', or 'valid' where the set has one apart from its test split: the faces choices
+    are made on) of the data set named by an experiment's `data` / `data_root` parameters.
     `synthfaces`: keyword arguments of `SynthFaces` (n_identities, images_per_identity, seed); `kw`: the real set's
     config (`limit` keeps the first images of the split)."""
     from disentangle.synthfaces import SynthFaces
     if data not in DATA_CHOICES: raise ValueError(f"data must be one of {DATA_CHOICES}, got {data!r}")
-    if split not in ('train', 'test'): raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in ('train', 'test', 'valid'): raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
     if data == 'synthfaces':
         if data_root: raise ValueError(f"data_root={data_root!r} is for a real data set; SynthFaces is rendered (set data=)")
         ds = SynthFaces(size=size, split=split, cache_dir=cache_dir, **(synthfaces or {}))
@@ -929,6 +930,9 @@ def experiment_data(data='synthfaces', data_root='', split='train', size=64, cac
         if not data_root: raise ValueError(f"data={data!r} needs data_root, the folder of its official layout")
         if not Path(data_root).is_dir(): raise FileNotFoundError(f"data_root {str(data_root)!r} (data={data!r}) is not a folder")
         cls = DATASETS[data]
+        if split == 'valid' and not {'valid', 'test'} <= set(cls.SPLITS):
+            raise ValueError(f"data={data!r} has no validation split apart from its test split (its splits: {cls.SPLITS}); make choices on SynthFaces or a set with both")
+        if split == 'valid': return _checked(open_dataset(data, data_root, size=size, split='valid', cache_dir=cache_dir, **kw), data, data_root, split, need)
         own = {'train': 'train', 'test': 'test' if 'test' in cls.SPLITS else 'valid'}[split]
         if data == 'celebamask_hq' and not kw.get('celeba_root'): own = None
         if own is not None and own in cls.SPLITS:
@@ -938,6 +942,10 @@ def experiment_data(data='synthfaces', data_root='', split='train', size=64, cac
             full = open_dataset(data, data_root, size=size, split='all', cache_dir=cache_dir, **kw)
             cut = len(full) - int(round(holdout * len(full)))
             ds = RealSubset(full, list(range(cut) if split == 'train' else range(cut, len(full)))[:limit])
+    return _checked(ds, data, data_root, split, need)
+
+def _checked(ds, data, data_root, split, need):
+    "`ds`, once it has every key in `need` and at least one image."
     have = data_keys(ds)
     missing = [k for k in need if k not in have]
     if missing: raise ValueError(f"data={data!r} ({data_root or 'rendered'}) has no {missing}, which this experiment needs; it has {list(have)}")

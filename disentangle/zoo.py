@@ -13,7 +13,7 @@ from .core import Registry, save_tensors, load_tensors
 
 # %% auto 0
 __all__ = ['RECIPES', 'ZOO', 'MAX_BYTES', 'CARD_KEYS', 'HEADLINES', 'TABLE_BEGIN', 'TABLE_END', 'Recipe', 'names', 'card',
-           'add_entry', 'load', 'verify', 'held_out', 'add_baseline_entries', 'add_subspaces_entries',
+           'add_entry', 'load', 'replay', 'verify', 'held_out', 'add_baseline_entries', 'add_subspaces_entries',
            'add_idmap_entries', 'SemanticsModel', 'add_semantics_entries', 'add_zerodim_entries', 'headlines', 'table',
            'write_table']
 
@@ -136,19 +136,31 @@ def load(name, device='cpu', zoo=None):
     _load_saved(model, tensors, c['method'], _path(name, zoo))
     return model.to(device).eval()
 
+def replay(name, steps=20, zoo=None) -> list:
+    "The log rows of the first `steps` training steps of entry `name`, replayed from scratch in this process (at its thread count)."
+    c = card(name, zoo)
+    with tempfile.TemporaryDirectory() as tmp: return RECIPES[c['method']].replay(c['recipe'], min(steps, len(c['first_losses'])), tmp)
+
+def _replay_fresh(name, steps, zoo, threads) -> list:
+    "`replay` in a fresh Python process started at `threads` threads (OMP_NUM_THREADS), importing this very package."
+    import subprocess, sys
+    code = ("import json, sys, torch; torch.set_num_threads(int(sys.argv[4])); from disentangle import zoo; "
+            "print(json.dumps(zoo.replay(sys.argv[1], int(sys.argv[2]), sys.argv[3] or None)))")
+    root = str(Path(disentangle.__file__).resolve().parent.parent)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
+    out = subprocess.run([sys.executable, '-c', code, name, str(steps), str(zoo or ''), str(threads)], capture_output=True, text=True, env=env)
+    if out.returncode: raise RuntimeError(f"zoo entry {name!r}: the replay failed in its own process:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
 def verify(name, steps=20, rtol=1e-3, zoo=None) -> bool:
     """Replay the first `steps` training steps of entry `name` from scratch; True, or an error naming the step and both
-    losses. The replay runs on the card's thread count (whatever this process uses; restored after): the order of a
-    parallel reduction changes the last bits, which bf16 steps carry past 1e-3 within a few steps."""
+    losses. The replay runs in a fresh process at the card's thread count, whatever this process has done: the order
+    of a parallel reduction changes the last bits, which bf16 steps carry past 1e-3 within a few steps."""
     c = card(name, zoo)
     rtol = max(rtol, RECIPES[c['method']].rtol or 0.)
     steps = min(steps, len(c['first_losses']))
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(int(c.get('threads') or before))
-        with tempfile.TemporaryDirectory() as tmp:
-            rows = {r['step']: r for r in RECIPES[c['method']].replay(c['recipe'], steps, tmp)}
-    finally: torch.set_num_threads(before)
+    rows = {r['step']: r for r in _replay_fresh(name, steps, zoo, int(c.get('threads') or torch.get_num_threads()))}
     for want in c['first_losses'][:steps]:
         got = rows.get(want['step'])
         if got is None: raise AssertionError(f"zoo entry {name!r}: the replay logged no step {want['step']}")

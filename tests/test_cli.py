@@ -291,3 +291,16 @@ def test_reader_that_leaves_early(exps):
             f"rc = main(['--experiments', {str(exps)!r}, 'list']); sys.stdout.flush(); print('rc', rc, file=sys.stderr)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "rc 0" in out.stderr and "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr
+
+
+def test_threads_param_starts_the_kernel_at_that_count(tmp_path, monkeypatch):
+    "An experiment's `threads` > 0 starts its kernel at that many threads (OMP_NUM_THREADS), as the card records and zoo.verify replays; 0 leaves the environment."
+    d = tmp_path / "exps"; d.mkdir()
+    write_nb(d / "threaded.ipynb", [("parameters", "threads = 0  # CPU threads (0: the default) [0..]"),
+                                    ("code", "import json, os\njson.dump({'omp': int(os.environ.get('OMP_NUM_THREADS') or -1)}, open('metrics.json', 'w'))")])
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    run = run_experiment("threaded", {"threads": 1}, out=tmp_path / "runs", experiments=d)
+    assert json.loads((run / "metrics.json").read_text())["omp"] == 1 and json.loads((run / "run.json").read_text())["threads"] == 1
+    assert "OMP_NUM_THREADS" not in os.environ                       # this process is left as it was
+    run0 = run_experiment("threaded", {}, out=tmp_path / "runs0", experiments=d)
+    assert json.loads((run0 / "metrics.json").read_text())["omp"] == -1
