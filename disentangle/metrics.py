@@ -464,11 +464,12 @@ def residual_leakage(r_train, y_train, r_test, y_test, names=None) -> dict:
     return out
 
 # %% ../nbs/07_metrics.ipynb 52
-def psnr(x, y, data_range=2.0) -> float:
-    "Mean PSNR (dB) of image batches (N, C, H, W); data_range 2 for images in [-1, 1]."
+def psnr(x, y, data_range=2.0, per_image=False):
+    "Mean PSNR (dB) of image batches (N, C, H, W), or with `per_image` the (N,) PSNRs; data_range 2 for images in [-1, 1]."
     if x.shape != y.shape: raise ValueError(f"images must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
-    return float((10 * torch.log10(data_range ** 2 / mse.clamp(min=1e-20))).mean())
+    db = 10 * torch.log10(data_range ** 2 / mse.clamp(min=1e-20))
+    return db if per_image else float(db.mean())
 
 def _gauss(win=11, sigma=1.5, dtype=torch.float64):
     g = torch.exp(-(torch.arange(win, dtype=dtype) - (win - 1) / 2) ** 2 / (2 * sigma ** 2)); return g / g.sum()

@@ -451,8 +451,7 @@ def evaluate_swaps(sw: Swapper, recipients: dict, donors: dict, regressor, regio
     for key in ['locality'] + [f'{r}_r2{sfx}' for sfx in refs for r in ('donor', 'kept')]:   # means over regions
         out[key] = float(np.nanmean([out[f'{n}.{key}'] for n in sw.names]))
     if parts:   # the reconstructions' pieces: per-face PSNR and, when judged, the readings behind r2_reconstruction
-        mse = (rec.double() - recipients['image'].double()).pow(2).flatten(1).mean(1)
-        pieces['_reconstruction'] = dict(psnr=10 * torch.log10(4 / mse.clamp(min=1e-20)))
+        pieces['_reconstruction'] = dict(psnr=metrics.psnr(rec, recipients['image'], per_image=True))
         if '' in refs: pieces['_reconstruction'].update(pred=pred_rec[:, refs[''][2]], read=refs[''][0])
     return (out, swapped, rec, pieces) if parts else (out, swapped, rec)
 

@@ -33,7 +33,7 @@ def _baseline_data(r):
     d = r['data']
     if d.get('faces'):      # a baseline trained on method 1's faces (the subspaces experiment's β-VAE): that training split
         from disentangle.subspaces import FaceImages
-        return FaceImages(_subspaces_faces({'data': dict(name=d['name'], **d['faces'])}, 'train'))
+        return FaceImages(_faces_split(d, 'train'))
     make = {'dsprites': gt.DSprites, 'shapes3d': gt.Shapes3D,
             'synthfaces': lambda: gt.SynthFacesGrid(tuple(d.get('factors', ())) or gt.SynthFacesGrid().factor_names)}
     if d['name'] not in make: raise ValueError(f"recipe: no ground-truth data set {d['name']!r} to replay; valid: {sorted(make)}")
@@ -49,10 +49,13 @@ def _baseline_replay(r, steps, out_dir):
     _, rows = train_baseline(BaselineConfig(**r['config']), _baseline_data(r), device='cpu', progress=False, out_dir=out_dir, stop_after=steps)
     return rows
 
+def _faces_split(d, split):
+    "A split of the method-1 faces a face baseline's recipe data `d` names."
+    return _subspaces_faces({'data': dict(name=d['name'], **d['faces'])}, split)
+
 def _baseline_held_out(r):
     "Fresh draws of the ground-truth data set, or the test split of the faces a face baseline trained on."
-    d = r['data']
-    return _subspaces_faces({'data': dict(name=d['name'], **d['faces'])}, 'test') if d.get('faces') else _baseline_data(r)
+    return _faces_split(r['data'], 'test') if r['data'].get('faces') else _baseline_data(r)
 
 for _m in ('ae', 'beta_vae', 'beta_tcvae'): RECIPES[_m] = Recipe(_baseline_build, _baseline_replay, held_out=_baseline_held_out)
 
