@@ -144,17 +144,21 @@ def replay(name, steps=20, zoo=None) -> list:
     c = card(name, zoo)
     with tempfile.TemporaryDirectory() as tmp: return RECIPES[c['method']].replay(c['recipe'], min(steps, len(c['first_losses'])), tmp)
 
-def _replay_fresh(name, steps, zoo, threads) -> list:
-    "`replay` in a fresh Python process started at `threads` threads (OMP_NUM_THREADS), importing this very package."
+def _fresh_python(code, args, threads, what):
+    "Run `code` (which prints one JSON line last) in a fresh Python process at `threads` threads, importing this very package; its JSON."
     import subprocess, sys
-    code = ("import json, sys, torch; torch.set_num_threads(int(sys.argv[4])); from disentangle import zoo; "
-            "print(json.dumps(zoo.replay(sys.argv[1], int(sys.argv[2]), sys.argv[3] or None)))")
+    code = f"import json, sys, torch; torch.set_num_threads({int(threads)}); " + code
     root = str(Path(disentangle.__file__).resolve().parent.parent)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
-    out = subprocess.run([sys.executable, '-c', code, name, str(steps), str(zoo or ''), str(threads)], capture_output=True, text=True, env=env)
-    if out.returncode: raise RuntimeError(f"zoo entry {name!r}: the replay failed in its own process:\n{out.stderr[-3000:]}")
+    out = subprocess.run([sys.executable, '-c', code, *map(str, args)], capture_output=True, text=True, env=env)
+    if out.returncode: raise RuntimeError(f"{what} failed in its own process:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+def _replay_fresh(name, steps, zoo, threads) -> list:
+    "`replay` in a fresh Python process started at `threads` threads (OMP_NUM_THREADS)."
+    return _fresh_python("from disentangle import zoo; print(json.dumps(zoo.replay(sys.argv[1], int(sys.argv[2]), sys.argv[3] or None)))",
+                         [name, steps, zoo or ''], threads, f"zoo entry {name!r}: the replay")
 
 def verify(name, steps=20, rtol=1e-3, zoo=None) -> bool:
     """Replay the first `steps` training steps of entry `name` from scratch; True, or an error naming the step and both
@@ -302,11 +306,25 @@ def _idmap_parts(r, landmarks=False):
     L = P.load_pretrained(r['landmark_net']) if landmarks and r['landmark_net'] else None
     return G, I.identity_net(r['id_net']), L
 
-def _idmap_faces(r, n, seed):
-    "`n` faces generated as the run generated them (seed `seed`), with the frozen networks."
+def _idmap_faces(r, n, seed, cached=False):
+    """`n` faces generated as the run generated them (seed `seed`), with the frozen networks. With `cached` (a run that
+    found its training faces in its cache file), they are generated in another process and loaded from a file, as
+    that run loaded them: the same faces to the bit, but training after generating 20,000 faces in the same process
+    drifts 3e-3 from training on faces loaded from a file within six steps (measured on `idmap-synthfaces-64`)."""
     from disentangle.idmap import GeneratedFaces
     G, E_id, L = _idmap_parts(r, landmarks=True)
-    return GeneratedFaces(G, n, E_id, L, psi=r['psi'], seed=seed, progress=False), G, E_id, L
+    if not cached: return GeneratedFaces(G, n, E_id, L, psi=r['psi'], seed=seed, progress=False), G, E_id, L
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / 'faces.safetensors'
+        _fresh_python("from disentangle import zoo; zoo._idmap_cache(json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]); print('{}')",
+                      [json.dumps(r), n, seed, path], torch.get_num_threads(), "generating the idmap recipe's faces")
+        return GeneratedFaces(G, n, E_id, L, psi=r['psi'], seed=seed, cache=path, progress=False), G, E_id, L
+
+def _idmap_cache(r, n, seed, path):
+    "Generate the `n` faces of recipe `r` (seed `seed`) into the cache file `path`."
+    from disentangle.idmap import GeneratedFaces
+    G, E_id, L = _idmap_parts(r, landmarks=True)
+    GeneratedFaces(G, n, E_id, L, psi=r['psi'], seed=seed, cache=path, progress=False)
 
 def _idmap_config(r):
     from disentangle.core import from_dict
@@ -338,7 +356,7 @@ class _FactorsNet:
 
 def _idmap_replay(r, steps, out_dir):
     from disentangle.idmap import train_idmap
-    data, G, E_id, L = _idmap_faces(r, r['n_train'], r['seed'])
+    data, G, E_id, L = _idmap_faces(r, r['n_train'], r['seed'], r.get('faces_cached', False))
     with _FactorsNet(r.get('factors_loaded', False)): train_idmap(_idmap_config(r), data, G, E_id, L, out_dir=out_dir, device='cpu', precision=r['precision'], progress=False,
                 ckpt_every=10 ** 9, ckpt_minutes=0., stop_after=steps)
     return [json.loads(l) for l in open(Path(out_dir) / 'log.jsonl')]
@@ -352,7 +370,7 @@ def _w_encoder_build(r):
 
 def _w_encoder_replay(r, steps, out_dir):
     from disentangle.idmap import train_w_encoder
-    data = _idmap_faces(r, r['n_train'], r['seed'])[0]
+    data = _idmap_faces(r, r['n_train'], r['seed'], r.get('faces_cached', False))[0]
     with _FactorsNet(r.get('factors_loaded', True)): train_w_encoder(data, r['w_dim'], steps=r['steps'], batch_size=r['batch_size'], lr=r['lr'], seed=r['seed'], init=r['init'],
                     out_dir=out_dir, device='cpu', progress=False, ckpt_minutes=0., stop_after=steps)
     return [json.loads(l) for l in open(Path(out_dir) / 'log.jsonl')]
@@ -360,12 +378,19 @@ def _w_encoder_replay(r, steps, out_dir):
 RECIPES['idmap'] = Recipe(_idmap_build, _idmap_replay, state=_idmap_state, held_out=_idmap_held_out)
 RECIPES['w_encoder'] = Recipe(_w_encoder_build, _w_encoder_replay, held_out=_idmap_held_out)
 
-def add_idmap_entries(run, zoo=None, check_n=64, **facts) -> list[Path]:
-    "Zoo entries for the models of the finished idmap run folder `run`: the method, each ablation and the W-encoder baseline."
+def add_idmap_entries(run, zoo=None, check_n=64, faces_cached=None, **facts) -> list[Path]:
+    """Zoo entries for the models of the finished idmap run folder `run`: the method, each ablation and the W-encoder
+    baseline. `faces_cached`: whether the run loaded its training faces from its cache file (its `run_info.json` says
+    so; give it for a run from before it did)."""
     from disentangle.engine import load_checkpoint
     run = Path(run); params = json.loads((run / 'params.json').read_text()); metrics = json.loads((run / 'metrics.json').read_text())
+    if faces_cached is None:
+        info = json.loads((run / 'run_info.json').read_text()) if (run / 'run_info.json').exists() else {}
+        if 'faces_cached' not in info: raise ValueError(f"{run / 'run_info.json'}: no 'faces_cached' (a run from before it was recorded): "
+                                                        "pass faces_cached=True if the run found its training faces in its cache, else False")
+        faces_cached = bool(info['faces_cached'])
     base = dict(generator=params['generator'], id_net=params['id_net'], landmark_net=params['landmark_net'], n_train=int(params['n_train']),
-                psi=float(params['psi']), seed=int(params['seed']), n_eval=int(params['n_eval']))
+                psi=float(params['psi']), seed=int(params['seed']), n_eval=int(params['n_eval']), faces_cached=bool(faces_cached))
     held = _idmap_held_out(base)
     pairs = held.__getitems__(list(range(2 * min(check_n, base['n_eval']))))
     x_id, x_attr = pairs['image'].chunk(2)

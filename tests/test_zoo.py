@@ -42,3 +42,18 @@ def test_verify_one_entry():
 @pytest.mark.parametrize("name", zoo.names())
 def test_verify_every_entry(name):
     assert zoo.verify(name)
+
+
+def test_idmap_faces_through_a_file_are_the_runs_faces(tmp_path):
+    """A run that found its training faces in its cache file is replayed on faces generated in another process and
+    loaded from a file, as that run loaded them: the same faces to the bit as generating them here."""
+    import json, torch
+    r = zoo.card("idmap-synthfaces-64")["recipe"]
+    assert r["faces_cached"] is True                                  # its run loaded them (no 'generating' bar in its log)
+    here, via_file = zoo._idmap_faces(r, 6, 3)[0], zoo._idmap_faces(r, 6, 3, cached=True)[0]
+    for k in ("image", "w", "z_id", "landmarks"):
+        assert torch.equal(getattr(here, k), getattr(via_file, k)), k
+    (tmp_path / "params.json").write_text(json.dumps({"generator": "bundled"}))
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match="run_info.json: no 'faces_cached'"):
+        zoo.add_idmap_entries(tmp_path)
