@@ -13,7 +13,8 @@ from .core import Registry
 __all__ = ['RESULTS', 'TABLES', 'BEGIN', 'END', 'SUBSPACE_REGIONS', 'SUBSPACE_TARGETS', 'SUBSPACE_OVER_ABLATIONS',
            'ZERODIM_MODELS', 'ZERODIM_TARGETS', 'PERCEPTION_ROLE', 'JUDGE_PARTNER', 'BENCH', 'METHOD_TABLES',
            'saved_run', 'metric_table', 'provenance', 'block_ids', 'stale_tables', 'write_tables', 'idmap_table',
-           'subspaces_table', 'zoo_summary', 'zerodim_table', 'semantics_table', 'perception_table', 'generator_table',
+           'subspaces_table', 'zoo_summary', 'choice_runs', 'chosen', 'subspaces_choice_table', 'zerodim_table',
+           'official_runs', 'zerodim_curve_table', 'semantics_table', 'perception_table', 'generator_table',
            'bench_script', 'bench_table', 'verdict_lines', 'method_status']
 
 # %% ../nbs/22_results.ipynb 5
@@ -209,7 +210,43 @@ def zoo_summary(root=None) -> str:
                     + ', '.join(f"{k} {c['scores'][k]:.3f}" for k in heads) + ' |')
     return '\n'.join(rows)
 
-# %% ../nbs/22_results.ipynb 17
+# %% ../nbs/22_results.ipynb 16
+def choice_runs(experiment: str, param: str, root=None) -> list:
+    """The kept probe runs `results/<experiment>/valid-<param>-<value>`, each scored on the validation split, by value:
+    the runs a choice of `param` is made on."""
+    d = Path(root or RESULTS) / experiment
+    runs = [saved_run(experiment, p.name, root) for p in sorted(d.glob(f'valid-{param}-*')) if p.is_dir()]
+    if not runs: raise FileNotFoundError(f"no kept probe of {param} under {d}: keep each with `disentangle keep RUN_DIR valid-{param}-VALUE`")
+    for r in runs:
+        if r['params'].get('eval_split') != 'valid': raise ValueError(f"{r['dir']}: scored on {r['params'].get('eval_split')!r}; a choice is made on 'valid'")
+    return sorted(runs, key=lambda r: float(r['params'][param]))
+
+def chosen(runs: list, param: str, targets: dict, prefix: str, tie: str):
+    """The value of `param` whose run meets the most `targets` ({key: (label, threshold)}, each `prefix.key` ≥ its
+    threshold), ties to the higher `prefix.tie`; and the per-run count met."""
+    met = [sum(r['metrics'].get(f'{prefix}.{k}', float('nan')) >= t for k, (_, t) in targets.items()) for r in runs]
+    best = max(range(len(runs)), key=lambda j: (met[j], runs[j]['metrics'].get(f'{prefix}.{tie}', float('-inf'))))
+    return runs[best]['params'][param], met
+
+def subspaces_choice_table(root=None) -> str:
+    """Method 1's perceptual weight, chosen on the validation faces: a row per probe run, the issue's targets met,
+    and the value the full run must use."""
+    runs = choice_runs('subspaces', 'w_perc', root)
+    value, met = chosen(runs, 'w_perc', SUBSPACE_TARGETS, 'subspaces', 'donor_r2_relative')
+    head = '| w_perc | ' + ' | '.join(f"{label} (≥ {t:g})" for label, t in SUBSPACE_TARGETS.values()) + ' | targets met |'
+    rows = [head, '|---:|' + '---:|' * (len(SUBSPACE_TARGETS) + 1)]
+    for r, n in zip(runs, met):
+        m = r['metrics']; w = r['params']['w_perc']
+        cells = [f"{m.get(f'subspaces.{k}', float('nan')):.{1 if k == 'psnr' else 3}f}" for k in SUBSPACE_TARGETS]
+        rows.append(f"| {'**' + format(w, 'g') + '**' if w == value else format(w, 'g')} | " + ' | '.join(cells) + f" | {n} of {len(SUBSPACE_TARGETS)} |")
+    steps = {int(r['params']['steps']) for r in runs}
+    rule = (f"Chosen: **w_perc = {value:g}**, the run meeting the most targets on the validation faces (ties to the higher relative donor "
+            f"R²), at {', '.join(f'{s:,}' for s in sorted(steps))} steps each, no ablations; the test faces are scored only by the full run.")
+    where = ' '.join(f"w_perc {r['params']['w_perc']:g}: " + provenance(r) for r in runs)
+    return '\n'.join(['\n'.join(rows), '', rule, '', where])
+
+
+# %% ../nbs/22_results.ipynb 19
 ZERODIM_MODELS = {'ZeroDIM': 'ZeroDIM', 'β-VAE': 'beta-VAE', 'semi-supervised VAE': 'semi-supervised VAE'}
 ZERODIM_TARGETS = {'shapes3d': dict(dci_disentanglement=0.97, labeled_accuracy=0.95), 'dsprites': dict(dci_disentanglement=0.8)}
 _BETTER = {'dci_disentanglement': 'DCI-D', 'labeled_accuracy': 'labeled accuracy', 'leakage_above_chance': 'leakage above chance'}
@@ -265,7 +302,40 @@ def zerodim_table(root=None, name='reduced-10') -> str:
            "the labeled accuracy by a paired bootstrap over them; 'beats' only where the interval excludes zero (lower is better for leakage).")
     return '\n'.join(parts + [provenance(run) + f" Training: {times}.", '', how, '', _verdicts(v)])
 
-# %% ../nbs/22_results.ipynb 19
+# %% ../nbs/22_results.ipynb 21
+def official_runs(grid: str, root=None) -> list:
+    "The kept official-protocol ZeroDIM runs of `grid` (`results/zerodim/<grid>-official-<budget>`), smallest budget first."
+    d = Path(root or RESULTS) / 'zerodim'
+    runs = [saved_run('zerodim', p.name, root) for p in sorted(d.glob(f'{grid}-official-*')) if p.is_dir()]
+    if not runs: raise FileNotFoundError(f"no kept official run of {grid} under {d}: keep one with `disentangle keep RUN_DIR {grid}-official-BUDGET`")
+    for r in runs:
+        if r['params'].get('protocol') != 'official': raise ValueError(f"{r['dir']}: protocol {r['params'].get('protocol')!r}, not 'official'")
+    return sorted(runs, key=lambda r: float(r['params']['budget']))
+
+def zerodim_curve_table(root=None, grid='shapes3d') -> str:
+    """Score against budget at the official protocol: a row per kept run (its fraction of the official epochs), then
+    the largest budget's full table, intervals and the issue's verdicts."""
+    runs = official_runs(grid, root)
+    rows = ['| budget | stage-1 / 2 / 3 epochs | stage-1 samples | training h (all models) | ZeroDIM DCI-D ↑ | labeled acc. ↑ | '
+            'leakage above chance ↓ | β-VAE DCI-D | semi-VAE DCI-D |', '|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+    for r in runs:
+        m = r['metrics']; b = lambda k: int(m[f'budget.{grid}.{k}']); z = lambda model, k: m.get(f'{grid}.{model}.{k}', float('nan'))
+        hours = sum(v for k, v in m.items() if k.startswith(f'timing_s.{grid}.') and k.rsplit('.', 1)[1] not in ('render', 'load')) / 3600
+        rows.append(f"| {float(r['params']['budget']):g} | {b('epochs')} / {b('amortization_epochs')} / {b('synthesis_epochs')} | "
+                    f"{b('zerodim_stage1_samples'):,} | {hours:.2f} | {z('ZeroDIM', 'dci_disentanglement'):.3f} | {z('ZeroDIM', 'labeled_accuracy'):.3f} | "
+                    f"{z('ZeroDIM', 'leakage_above_chance'):+.3f} | {z('beta-VAE', 'dci_disentanglement'):.3f} | "
+                    f"{z('semi-supervised VAE', 'dci_disentanglement'):.3f} |")
+    top = runs[-1]; m = top['metrics']
+    table, v = _zerodim_grid(m, grid, top['params'])
+    where = ' '.join(f"Budget {float(r['params']['budget']):g}: " + provenance(r) for r in runs)
+    how = (f"Intervals of ZeroDIM − baseline (95%) at budget {float(top['params']['budget']):g}: DCI and leakage over "
+           f"{top['params'].get('n_boot', 0)} other random probe splits of the held-out images, the labeled accuracy by a paired bootstrap.")
+    head = (f"The official protocol's targets are read at the largest budget kept ({float(top['params']['budget']):g} of the official "
+            "epochs); a budget below 1 is a point on the curve, not the official result.")
+    return '\n'.join(['\n'.join(rows), '', head, '', table, '', where, '', how, '', _verdicts(v)])
+
+
+# %% ../nbs/22_results.ipynb 23
 @TABLES.register('semantics/symmetric-3000')
 def semantics_table(root=None, name='symmetric-3000') -> str:
     run = saved_run('semantics', name, root); m, params = run['metrics'], run['params']
@@ -322,7 +392,7 @@ def semantics_table(root=None, name='symmetric-3000') -> str:
             f"the regression on {params['n_samples']:,} generator samples. Whole run {m['time_s'] / 60:.0f} min.")
     return '\n'.join(['\n'.join(deco), '', '\n'.join(edits), '', *choice, '\n'.join(aug), '', provenance(run) + ' ' + note, '', _verdicts(v)])
 
-# %% ../nbs/22_results.ipynb 21
+# %% ../nbs/22_results.ipynb 25
 PERCEPTION_ROLE = {'id_train': 'identity embedder (methods train with it)', 'id_judge': 'identity judge',
                    'landmarks': 'landmarks, the five points', 'landmarks_dense': 'landmarks, 23 points (methods train with it)',
                    'landmark_judge': 'landmark judge, 23 points', 'parser': 'face parser, 19 CelebAMask-HQ classes',
@@ -389,7 +459,7 @@ def generator_table(root=None, name='bundled') -> str:
             f"FID between two halves of the held-out images, is {m['fid_in_domain_real_halves']:.2f}. The generator: {m['g_params']:,} "
             f"parameters, trained for {m['kimg']:g} kimg.\n\n" + provenance(run))
 
-# %% ../nbs/22_results.ipynb 24
+# %% ../nbs/22_results.ipynb 28
 BENCH = RESULTS.parent / 'bench'
 
 def bench_script(path) -> Path:
@@ -410,7 +480,7 @@ def bench_table(path) -> str:
 for _f in sorted((BENCH / 'results').glob('*.json')):   # only in a checkout (the benchmarks are not packaged)
     TABLES.register(f'bench/{_f.stem}')(lambda root=None, f=_f: bench_table(f))
 
-# %% ../nbs/22_results.ipynb 26
+# %% ../nbs/22_results.ipynb 30
 METHOD_TABLES = {'1: independent subspaces': 'subspaces/full-2000', '2: identity by latent mapping': 'idmap/full-1000',
                  '3: linear-encoded semantics': 'semantics/symmetric-3000', '4: ZeroDIM': 'zerodim/reduced-10'}
 
