@@ -18,10 +18,11 @@ from .perception import backbone, r2_scores
 # %% auto 0
 __all__ = ['REGION_SETS', 'region_names', 'class_to_region', 'region_labels', 'factor_groups', 'SubspaceConfig', 'up_block',
            'SubspaceAE', 'permute_blocks', 'TCDiscriminator', 'tc_estimate', 'disc_loss', 'region_weights',
-           'region_perceptual_loss', 'subspace_losses', 'SubspaceMethod', 'swap_codes', 'Swapper', 'subspace_swapper',
-           'renderer_swapper', 'swap_grid', 'interpolate', 'show_grid', 'swap_locality', 'transfer_r2', 'group_matrix',
-           'subspace_dci', 'subspace_mig', 'assign_dims', 'FaceImages', 'baseline_swapper', 'predict', 'target_masks',
-           'evaluate_swaps', 'swap_scores', 'bootstrap_compare', 'evaluate_codes']
+           'region_perceptual_loss', 'subspace_losses', 'SubspaceMethod', 'PatchDiscriminator', 'adversarial_d_loss',
+           'swap_codes', 'Swapper', 'subspace_swapper', 'renderer_swapper', 'swap_grid', 'interpolate', 'show_grid',
+           'swap_locality', 'transfer_r2', 'group_matrix', 'subspace_dci', 'subspace_mig', 'assign_dims', 'FaceImages',
+           'baseline_swapper', 'predict', 'target_masks', 'evaluate_swaps', 'swap_scores', 'bootstrap_compare',
+           'evaluate_codes']
 
 # %% ../nbs/11_subspaces.ipynb 5
 REGION_SETS = {
@@ -88,6 +89,10 @@ class SubspaceConfig:
     perc_regions: str = 'brows,eyes,mouth'   # ... restricted to these regions' masks, dilated by `perc_dilation` px
     perc_dilation: int = 2
     perc_net: str = 'factors'   # ... features: photogeo.perceptual_net (a bundled net's first stages, 16 x 16 at 64 px)
+    w_adv: float = 0.0          # weight of a patch discriminator's hinge loss on the composed images (0: none)
+    adv_swaps: bool = True      # ... its fakes include part swaps (one random region from the next face), not only reconstructions
+    adv_width: int = 32         # ... its first layer's channels
+    lr_adv: float = 2e-4        # ... its Adam learning rate (betas 0.5, 0.9)
     lr: float = 3e-3            # Adam learning rate of encoder and decoders
     lr_disc: float = 2e-4       # Adam learning rate of the discriminator
 
@@ -153,9 +158,14 @@ class SubspaceAE(nn.Module):
         masks = F.one_hot(argmax_channels(logits), self.K).permute(0, 3, 1, 2).to(rgb.dtype) if hard else logits.softmax(1)
         return {'image': (masks.unsqueeze(2) * rgb).sum(1), 'rgb': rgb, 'logits': logits, 'masks': masks}
 
-    def forward(self, x):
+    def forward(self, x, swap=None):
+        "Encode and decode x; `swap` (B,) region indices: also 'swap_image', each face with that region's subspace from the next face."
         z, g, seg = self.encode(x, seg=True)
-        return {'z': z, 'g': g, 'enc_logits': seg, **self.decode(z, g)}
+        out = {'z': z, 'g': g, 'enc_logits': seg, **self.decode(z, g)}
+        if swap is not None:
+            i = torch.arange(len(z), device=z.device); zs = z.clone(); zs[i, swap] = z.roll(1, 0)[i, swap]
+            out['swap_image'] = self.decode(zs, g)['image']
+        return out
 
     def flat(self, z, g): return torch.cat([z.flatten(1), g], 1)                        # (B, K d + G)
     def unflat(self, c): return c[:, :self.K * self.d].view(-1, self.K, self.d), c[:, self.K * self.d:]
@@ -241,6 +251,11 @@ class SubspaceMethod(Method):
         self.optimizers = {'model': torch.optim.Adam(self.model.parameters(), cfg.lr),
                            'disc': torch.optim.Adam(self.disc.parameters(), cfg.lr_disc, betas=(0.5, 0.9))}
         self.lut = class_to_region(cfg.regions)
+        self.adv = None
+        if cfg.w_adv > 0:                        # built after the others, so that their initial weights do not depend on it
+            self.adv = PatchDiscriminator(cfg.adv_width)
+            self.modules['adv'] = self.adv
+            self.optimizers['adv'] = torch.optim.Adam(self.adv.parameters(), cfg.lr_adv, betas=(0.5, 0.9))
         self.features = None
         if cfg.w_perc > 0:
             from disentangle.photogeo import perceptual_net
@@ -249,18 +264,43 @@ class SubspaceMethod(Method):
         cfg, x = self.cfg, batch['image']
         y = self.lut.to(x.device)[batch['mask'].long()]
         model, disc = engine['model'], engine['disc']
-        out = model(x)
+        swap = torch.randint(self.model.K, (len(x),), device=x.device) if self.adv is not None and cfg.adv_swaps else None
+        out = model(x, swap)
         code = self.model.flat(out['z'], out['g'])
         if self.features is not None: self.features = self.features.to(x.device)
         losses = subspace_losses(out, x, y, cfg, disc if cfg.w_ind > 0 else None, code, self.features)
+        if self.adv is not None:
+            adv = engine['adv']
+            fake = out['image'] if swap is None else torch.cat([out['image'], out['swap_image']])
+            losses['g_adv'] = -adv(fake).mean()                            # hinge loss, generator side
+            losses['loss'] = losses['loss'] + cfg.w_adv * losses['g_adv']
         engine.backward(losses['loss']); engine.step('model')
         if cfg.w_ind > 0:
             self.optimizers['disc'].zero_grad(set_to_none=True)          # drop what the TC term left on D
             losses['disc'] = disc_loss(disc, code, self.model.code_groups())
             engine.backward(losses['disc'], 'disc'); engine.step('disc')
+        if self.adv is not None:
+            self.optimizers['adv'].zero_grad(set_to_none=True)           # drop what the generator's term left on it
+            losses['d_adv'] = adversarial_d_loss(adv, x, fake.detach())
+            engine.backward(losses['d_adv'], 'd_adv'); engine.step('adv')
         return losses
 
 # %% ../nbs/11_subspaces.ipynb 22
+class PatchDiscriminator(nn.Module):
+    "Images (B, 3, S, S) in [-1, 1] -> realism logits (B, S/8, S/8), one per 22 px patch; spectral norm on every layer."
+    def __init__(self, width=32):
+        super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
+        layers, c = [], 3
+        for w in (width, 2 * width, 4 * width): layers += [sn(nn.Conv2d(c, w, 4, 2, 1)), nn.LeakyReLU(0.2)]; c = w
+        self.net = nn.Sequential(*layers, sn(nn.Conv2d(c, 1, 3, 1, 1)))
+    def forward(self, x): return self.net(x).squeeze(1)
+
+def adversarial_d_loss(disc, real, fake):
+    "The discriminator's hinge loss: mean max(0, 1 - D(real)) + mean max(0, 1 + D(fake)) over patches."
+    return F.relu(1 - disc(real)).mean() + F.relu(1 + disc(fake)).mean()
+
+# %% ../nbs/11_subspaces.ipynb 25
 def swap_codes(recipient, donor, idx):
     "Flat codes (B, D): the recipient's with the columns `idx` taken from the donor."
     out = recipient.clone(); out[:, idx] = donor[:, idx]
@@ -323,7 +363,7 @@ def show_grid(grid, title='', ax=None):
     ax.imshow(img.numpy()); ax.set_title(title, fontsize=9); ax.axis('off')
     return ax
 
-# %% ../nbs/11_subspaces.ipynb 25
+# %% ../nbs/11_subspaces.ipynb 28
 def swap_locality(before, after, mask_recipient, mask_donor, region, regions='paper', dilation=0, per_image=False):
     """Share of |after - before| (N,3,H,W) inside region `region` (index) of either face's class mask (N,H,W), dilated by
     `dilation` px; `per_image`: the (N,) shares (NaN where a face did not change)."""
@@ -357,7 +397,7 @@ def subspace_mig(z, y, code_groups, factor_groups, num_bins=20) -> float:
     own = [j for fg in factor_groups for j in fg]
     return float(gaps[own].mean())
 
-# %% ../nbs/11_subspaces.ipynb 31
+# %% ../nbs/11_subspaces.ipynb 34
 def assign_dims(codes, factors, groups: dict):
     "Code units (N, D) grouped by the factor group (dict name -> factor indices) each correlates with most: name -> unit indices."
     z = torch.as_tensor(codes, dtype=torch.float64); f = torch.as_tensor(factors, dtype=torch.float64)
@@ -367,7 +407,7 @@ def assign_dims(codes, factors, groups: dict):
     best = score.argmax(1)
     return {n: [int(i) for i in torch.nonzero(best == j).flatten()] for j, n in enumerate(groups)}
 
-# %% ../nbs/11_subspaces.ipynb 34
+# %% ../nbs/11_subspaces.ipynb 37
 class FaceImages(torch.utils.data.Dataset):
     "A face data set (images in [-1, 1]) in the ground-truth interface `train_baseline` draws from: indices as factors, images in [0, 1]."
     name = 'SynthFaces'
@@ -385,7 +425,7 @@ def baseline_swapper(model, assign: dict, regions='paper') -> Swapper:
     dec = torch.no_grad()(lambda c: (torch.sigmoid(model.decoder(c.to(dev)).float()) * 2 - 1).cpu())
     return Swapper(enc, dec, [assign[n] for n in region_names(regions)], region_names(regions))
 
-# %% ../nbs/11_subspaces.ipynb 37
+# %% ../nbs/11_subspaces.ipynb 40
 @torch.no_grad()
 def predict(net, x, chunk=256):
     dev = next(net.parameters()).device

@@ -106,7 +106,7 @@ def test_subspaces_experiment_tiny(tmp_path):
     from disentangle.cli import run_experiment
     exps = Path(__file__).resolve().parent.parent / "nbs" / "experiments"
     params = dict(steps=4, batch=8, n_identities=40, images_per_identity=4, n_codes=16, n_boot=50,   # the β-VAE at the method's budget (default)
-                  w_perc=0.5, ablations="no_mask,no_independence,no_perceptual", cache_dir=str(tmp_path / "cache"))
+                  w_perc=0.5, w_adv=0.05, ablations="no_mask,no_independence,no_perceptual,no_adversarial", cache_dir=str(tmp_path / "cache"))
     run = run_experiment("subspaces", params, out=tmp_path, experiments=exps)
     m = json.loads((run / "metrics.json").read_text())
     for name in ("subspaces", "no_mask", "no_independence", "beta_vae", "renderer"):
@@ -129,9 +129,11 @@ def test_subspaces_experiment_tiny(tmp_path):
     assert m["renderer.donor_r2_relative"] > m["subspaces.donor_r2_relative"]      # and a 4-step model cannot carry parts as it does
     assert all(np.isfinite(m[f"subspaces.{k}"]) for k in ("donor_r2_true", "kept_r2_true_all_factors", "r2_reconstruction_true"))
     assert {p.name for p in run.glob("*.png")} >= {"swaps-subspaces.png", "swaps-renderer.png", "interpolation.png", "masks.png", "losses.png"}
-    logs = {n: [json.loads(l) for l in open(run / f"train-{n}" / "log.jsonl")] for n in ("subspaces", "no_perceptual")}
+    logs = {n: [json.loads(l) for l in open(run / f"train-{n}" / "log.jsonl")] for n in ("subspaces", "no_perceptual", "no_adversarial")}
     assert all(r["perceptual"] > 0 for r in logs["subspaces"]) and not any("perceptual" in r for r in logs["no_perceptual"])   # the ablation drops the term
-    assert np.isfinite(m["no_perceptual.locality"]) and "compare.locality.subspaces-no_perceptual.lo" in m
+    assert all(np.isfinite(r["g_adv"]) and np.isfinite(r["d_adv"]) for r in logs["subspaces"]) and not any("g_adv" in r for r in logs["no_adversarial"])
+    for a in ("no_perceptual", "no_adversarial"):
+        assert np.isfinite(m[f"{a}.locality"]) and f"compare.locality.subspaces-{a}.lo" in m
 
 
 def synthfaces_as_celebamask_hq(root: Path, n=20):
