@@ -89,6 +89,8 @@ class SubspaceConfig:
     perc_regions: str = 'brows,eyes,mouth'   # ... restricted to these regions' masks, dilated by `perc_dilation` px
     perc_dilation: int = 2
     perc_net: str = 'factors'   # ... features: photogeo.perceptual_net (a bundled net's first stages, 16 x 16 at 64 px)
+    spatial_regions: str = ''   # regions whose subspace also reads a spatial layout: their masked features on a grid (e.g. 'background_hair')
+    spatial_cells: int = 4      # ... of spatial_cells x spatial_cells cells (pooled encoder only)
     w_adv: float = 0.0          # weight of a patch discriminator's hinge loss on the composed images (0: none)
     adv_swaps: bool = True      # ... its fakes include part swaps (one random region from the next face), not only reconstructions
     adv_width: int = 32         # ... its first layer's channels
@@ -130,6 +132,14 @@ class SubspaceAE(nn.Module):
         self.trunk = nn.Sequential(*[up_block(c[i], c[i + 1], cfg.dec_norm) for i in range(3)],   # S/16 -> S/2
                                    nn.ConvTranspose2d(c[3], 4, 4, 2, 1))                                   # S: rgb + mask logit
         self.trunk.to(memory_format=torch.channels_last)   # 2-3x faster convolutions on CPU
+        names = [n.strip() for n in cfg.spatial_regions.split(',') if n.strip()]
+        bad = [n for n in names if n not in region_names(cfg.regions)]
+        if bad: raise ValueError(f"spatial_regions: {bad} are not regions of {cfg.regions!r}: {region_names(cfg.regions)}")
+        if names and not pooled: raise ValueError("spatial_regions needs the pooled encoder (encoder='pooled')")
+        self.spatial = [region_names(cfg.regions).index(n) for n in names]
+        if self.spatial:                                   # built last and only when asked: the other weights' initial values do not move
+            Cs = C * cfg.spatial_cells ** 2
+            self.spatial_w = nn.Parameter(torch.randn(len(self.spatial), Cs, d) / math.sqrt(Cs))
 
     def encode(self, x, seg=False):
         "(z (B, K, d), g (B, G)); `seg`: and the encoder's region logits (B, K, S/4, S/4) (None for the global encoder)."
@@ -143,6 +153,9 @@ class SubspaceAE(nn.Module):
         B, C = f.shape[:2]                                                              # meets the 1x1 conv's in one layout
         pooled = torch.bmm(a.flatten(2), f.permute(0, 2, 3, 1).reshape(B, -1, C)) / a.sum((2, 3)).unsqueeze(2).clamp(min=1e-3)   # mean feature of each region
         z = torch.einsum('bkc,kcd->bkd', pooled, self.pool_w) + self.pool_b             # z_k from region k's mean feature alone
+        if self.spatial:                                                                # ... plus, for the large regions, its layout:
+            sp = torch.stack([F.adaptive_avg_pool2d(a[:, k:k + 1] * f, self.cfg.spatial_cells).flatten(1) for k in self.spatial], 1)
+            z = z.index_add(1, torch.tensor(self.spatial, device=z.device), torch.einsum('bjc,jcd->bjd', sp, self.spatial_w).to(z.dtype))   # its masked features per cell
         g = self.code(deep.flatten(1))
         return (z, g, logits) if seg else (z, g)
 

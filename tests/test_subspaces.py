@@ -106,7 +106,7 @@ def test_subspaces_experiment_tiny(tmp_path):
     from disentangle.cli import run_experiment
     exps = Path(__file__).resolve().parent.parent / "nbs" / "experiments"
     params = dict(steps=4, batch=8, n_identities=40, images_per_identity=4, n_codes=16, n_boot=50,   # the β-VAE at the method's budget (default)
-                  w_perc=0.5, w_adv=0.05, ablations="no_mask,no_independence,no_perceptual,no_adversarial", cache_dir=str(tmp_path / "cache"))
+                  w_perc=0.5, w_adv=0.05, spatial_regions="background_hair", ablations="no_mask,no_independence,no_perceptual,no_adversarial", cache_dir=str(tmp_path / "cache"))
     run = run_experiment("subspaces", params, out=tmp_path, experiments=exps)
     m = json.loads((run / "metrics.json").read_text())
     for name in ("subspaces", "no_mask", "no_independence", "beta_vae", "renderer"):
@@ -134,6 +134,8 @@ def test_subspaces_experiment_tiny(tmp_path):
     assert all(np.isfinite(r["g_adv"]) and np.isfinite(r["d_adv"]) for r in logs["subspaces"]) and not any("g_adv" in r for r in logs["no_adversarial"])
     for a in ("no_perceptual", "no_adversarial"):
         assert np.isfinite(m[f"{a}.locality"]) and f"compare.locality.subspaces-{a}.lo" in m
+    from disentangle.core import load_tensors
+    assert "spatial_w" in load_tensors(run / "model-subspaces.safetensors")[0]          # the hair's subspace reads its layout
 
 
 def synthfaces_as_celebamask_hq(root: Path, n=20):
