@@ -228,21 +228,21 @@ def chosen(runs: list, param: str, targets: dict, prefix: str, tie: str):
     best = max(range(len(runs)), key=lambda j: (met[j], runs[j]['metrics'].get(f'{prefix}.{tie}', float('-inf'))))
     return runs[best]['params'][param], met
 
-def subspaces_choice_table(root=None) -> str:
-    """Method 1's perceptual weight, chosen on the validation faces: a row per probe run, the issue's targets met,
-    and the value the full run must use."""
-    runs = choice_runs('subspaces', 'w_perc', root)
-    value, met = chosen(runs, 'w_perc', SUBSPACE_TARGETS, 'subspaces', 'donor_r2_relative')
-    head = '| w_perc | ' + ' | '.join(f"{label} (≥ {t:g})" for label, t in SUBSPACE_TARGETS.values()) + ' | targets met |'
+def subspaces_choice_table(root=None, param='w_perc') -> str:
+    """A method 1 setting (`param`, e.g. `w_perc`), chosen on the validation faces: a row per probe run, the issue's
+    targets met, and the value the full run must use."""
+    runs = choice_runs('subspaces', param, root)
+    value, met = chosen(runs, param, SUBSPACE_TARGETS, 'subspaces', 'donor_r2_relative')
+    head = f'| {param} | ' + ' | '.join(f"{label} (≥ {t:g})" for label, t in SUBSPACE_TARGETS.values()) + ' | targets met |'
     rows = [head, '|---:|' + '---:|' * (len(SUBSPACE_TARGETS) + 1)]
     for r, n in zip(runs, met):
-        m = r['metrics']; w = r['params']['w_perc']
+        m = r['metrics']; w = r['params'][param]
         cells = [f"{m.get(f'subspaces.{k}', float('nan')):.{1 if k == 'psnr' else 3}f}" for k in SUBSPACE_TARGETS]
         rows.append(f"| {'**' + format(w, 'g') + '**' if w == value else format(w, 'g')} | " + ' | '.join(cells) + f" | {n} of {len(SUBSPACE_TARGETS)} |")
     steps = {int(r['params']['steps']) for r in runs}
-    rule = (f"Chosen: **w_perc = {value:g}**, the run meeting the most targets on the validation faces (ties to the higher relative donor "
+    rule = (f"Chosen: **{param} = {value:g}**, the run meeting the most targets on the validation faces (ties to the higher relative donor "
             f"R²), at {', '.join(f'{s:,}' for s in sorted(steps))} steps each, no ablations; the test faces are scored only by the full run.")
-    where = ' '.join(f"w_perc {r['params']['w_perc']:g}: " + provenance(r) for r in runs)
+    where = ' '.join(f"{param} {r['params'][param]:g}: " + provenance(r) for r in runs)
     return '\n'.join(['\n'.join(rows), '', rule, '', where])
 
 
