@@ -104,8 +104,12 @@ def test_experiment_synthfaces_tiny(tmp_path):
         assert f"check.not_dominated_by_{name}" in m or name not in ("no_adversarial", "no_landmarks")
     for k in ("id_similarity_mean", "neighbour_similarity", "jitter_out_px", "jitter_in_px"): assert np.isfinite(m[f"sequence.full.{k}"])
     assert np.isfinite(m["deidentify.id_similarity"]) and "check.sequence_identity_kept" in m
+    # the attribute number the verdict reads: each model against its own drawing of the true swap; a perfect swap scores 0
+    assert m["verdict_attribute_relative"] == 1.0 and m["reference_true_swap.attribute_error_relative"] == 0.0
+    assert m["reference_attr_image.attribute_error_relative"] > 0.02          # keeping B's person: the judge reads B's attributes differently
     for rival in ("no_adversarial", "no_landmarks", "baseline_halves", "baseline_layers"):   # every verdict carries its paired interval
-        for k in ("id_similarity", "attribute_error", "landmark_nme"):
+        assert 0 < m[f"{rival}.attribute_error_relative"] < 1, rival
+        for k in ("id_similarity", "attribute_error", "attribute_error_relative", "landmark_nme"):
             c = {q: m[f"compare.full-{rival}.{k}.{q}"] for q in ("diff", "lo", "hi", "verdict")}
             assert c["lo"] <= c["diff"] <= c["hi"] and c["verdict"] in (-1, 0, 1), (rival, k, c)
         # 'beats' only where the interval lies on the better side of zero
