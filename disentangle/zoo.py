@@ -384,6 +384,8 @@ def add_idmap_entries(run, zoo=None, check_n=64, faces_cached=None, **facts) -> 
     so; give it for a run from before it did)."""
     from disentangle.engine import load_checkpoint
     run = Path(run); params = json.loads((run / 'params.json').read_text()); metrics = json.loads((run / 'metrics.json').read_text())
+    if params.get('eval_split', 'test') != 'test':
+        raise ValueError(f"{run}: scored on its {params['eval_split']!r} pairs, a run for choices; a zoo entry's scores are on the test pairs")
     if faces_cached is None:
         info = json.loads((run / 'run_info.json').read_text()) if (run / 'run_info.json').exists() else {}
         if 'faces_cached' not in info: raise ValueError(f"{run / 'run_info.json'}: no 'faces_cached' (a run from before it was recorded): "

@@ -127,3 +127,17 @@ def test_idmap_trains_on_cuda(world, tmp_path):
     model = I.train_idmap(cfg(), data, G, E, L, out_dir=tmp_path, device="cuda", progress=False)
     x = data.__getitems__([0, 1])["image"].cuda()
     with torch.no_grad(): assert model(x, x.flip(0)).is_cuda
+
+
+def test_experiment_valid_split_is_for_choices(tmp_path):
+    "eval_split=valid scores other held-out faces and people (for choices such as lambda_gan); the zoo refuses such a run."
+    from disentangle.cli import run_experiment
+    from disentangle import zoo
+    params = dict(n_train=64, steps=2, batch=8, w_encoder_steps=2, n_eval=16, n_sequences=0, threads=1, ablations="", lambda_gan=0.5,
+                  eval_split="valid", cache_dir=str(tmp_path / "cache"), train_dir=str(tmp_path / "train"))
+    run = run_experiment("idmap", params, out=tmp_path, experiments=EXPS)
+    m = json.loads((run / "metrics.json").read_text())
+    assert np.isfinite(m["full.id_similarity"]) and np.isfinite(m["full.attribute_error_relative"])
+    assert json.loads((run / "run_info.json").read_text())["config"]["lambda_gan"] == 0.5
+    with pytest.raises(ValueError, match="'valid' pairs, a run for choices"):
+        zoo.add_idmap_entries(run, zoo=tmp_path / "zoo")
