@@ -222,7 +222,9 @@ def choice_runs(experiment: str, param: str, root=None) -> list:
     if not runs: raise FileNotFoundError(f"no kept probe of {param} under {d}: keep each with `disentangle keep RUN_DIR valid-{param}-VALUE`")
     for r in runs:
         if r['params'].get('eval_split') != 'valid': raise ValueError(f"{r['dir']}: scored on {r['params'].get('eval_split')!r}; a choice is made on 'valid'")
-    return sorted(runs, key=lambda r: float(r['params'][param]))
+    return sorted(runs, key=lambda r: (isinstance(r['params'][param], str), r['params'][param]))
+
+def _value(v): return format(v, 'g') if isinstance(v, (int, float)) and not isinstance(v, bool) else (str(v) or 'none')
 
 def chosen(runs: list, param: str, targets: dict, prefix: str, tie: str):
     """The value of `param` whose run meets the most `targets` ({key: (label, threshold)}, each `prefix.key` ≥ its
@@ -241,11 +243,11 @@ def subspaces_choice_table(root=None, param='w_perc') -> str:
     for r, n in zip(runs, met):
         m = r['metrics']; w = r['params'][param]
         cells = [f"{m.get(f'subspaces.{k}', float('nan')):.{1 if k == 'psnr' else 3}f}" for k in SUBSPACE_TARGETS]
-        rows.append(f"| {'**' + format(w, 'g') + '**' if w == value else format(w, 'g')} | " + ' | '.join(cells) + f" | {n} of {len(SUBSPACE_TARGETS)} |")
+        rows.append(f"| {'**' + _value(w) + '**' if w == value else _value(w)} | " + ' | '.join(cells) + f" | {n} of {len(SUBSPACE_TARGETS)} |")
     steps = {int(r['params']['steps']) for r in runs}
-    rule = (f"Chosen: **{param} = {value:g}**, the run meeting the most targets on the validation faces (ties to the higher relative donor "
+    rule = (f"Chosen: **{param} = {_value(value)}**, the run meeting the most targets on the validation faces (ties to the higher relative donor "
             f"R²), at {', '.join(f'{s:,}' for s in sorted(steps))} steps each, no ablations; the test faces are scored only by the full run.")
-    where = ' '.join(f"{param} {r['params'][param]:g}: " + provenance(r) for r in runs)
+    where = ' '.join(f"{param} {_value(r['params'][param])}: " + provenance(r) for r in runs)
     return '\n'.join(['\n'.join(rows), '', rule, '', where])
 
 
