@@ -10,11 +10,11 @@ import disentangle
 from .core import Registry
 
 # %% auto 0
-__all__ = ['RESULTS', 'TABLES', 'BEGIN', 'END', 'IDMAP_MIN_IDENTITY', 'SUBSPACE_REGIONS', 'SUBSPACE_TARGETS',
-           'SUBSPACE_OVER_ABLATIONS', 'ZERODIM_MODELS', 'ZERODIM_TARGETS', 'PERCEPTION_ROLE', 'JUDGE_PARTNER', 'BENCH',
+__all__ = ['RESULTS', 'TABLES', 'BEGIN', 'END', 'SUBSPACE_REGIONS', 'SUBSPACE_TARGETS', 'SUBSPACE_OVER_ABLATIONS',
+           'IDMAP_MIN_IDENTITY', 'ZERODIM_MODELS', 'ZERODIM_TARGETS', 'PERCEPTION_ROLE', 'JUDGE_PARTNER', 'BENCH',
            'METHOD_TABLES', 'saved_run', 'metric_table', 'provenance', 'block_ids', 'stale_tables', 'write_tables',
-           'idmap_table', 'idmap_choice_table', 'subspaces_table', 'zoo_summary', 'choice_runs', 'chosen',
-           'subspaces_choice_table', 'zerodim_table', 'official_runs', 'zerodim_curve_table', 'semantics_table',
+           'idmap_table', 'subspaces_table', 'zoo_summary', 'choice_runs', 'chosen', 'subspaces_choice_table',
+           'idmap_choice_table', 'zerodim_table', 'official_runs', 'zerodim_curve_table', 'semantics_table',
            'perception_table', 'generator_table', 'bench_script', 'bench_table', 'verdict_lines', 'method_status']
 
 # %% ../nbs/22_results.ipynb 5
@@ -163,28 +163,7 @@ def idmap_table(root=None, name='full-1000') -> str:
            "Verdicts on the means (this run kept no intervals).")
     return '\n'.join([t, '', provenance(run) + f" Training: {times}.", '', seq, '', how, '', _verdicts(v)])
 
-# %% ../nbs/22_results.ipynb 14
-IDMAP_MIN_IDENTITY = 0.7        # a choice keeps the person: identity similarity on the validation pairs at least this
-
-def idmap_choice_table(root=None, param='lambda_gan') -> str:
-    """Method 2's setting `param`, chosen on the validation pairs: the lowest relative attribute error (the number
-    the method must win against the W-swap) among the probes whose identity similarity is at least IDMAP_MIN_IDENTITY."""
-    runs = choice_runs('idmap', param, root)
-    get = lambda r, k: r['metrics'].get(f'full.{k}', float('nan'))
-    ok = [r for r in runs if get(r, 'id_similarity') >= IDMAP_MIN_IDENTITY]
-    best = min(ok, key=lambda r: get(r, 'attribute_error_relative')) if ok else None
-    rows = [f'| {param} | steps | identity ↑ | relative attribute error ↓ | attribute error ↓ | landmark NME ↓ | FID ↓ |', '|---:|---:|---:|---:|---:|---:|---:|']
-    for r in runs:
-        v = _value(r['params'][param])
-        rows.append(f"| {'**' + v + '**' if r is best else v} | {int(r['params']['steps']):,} | {get(r, 'id_similarity'):.3f} | "
-                    f"{get(r, 'attribute_error_relative'):.3f} | {get(r, 'attribute_error'):.3f} | {get(r, 'landmark_nme'):.3f} | {get(r, 'fid'):.2f} |")
-    rule = (f"Chosen: **{param} = {_value(best['params'][param])}**, the lowest relative attribute error on the validation pairs among the "
-            f"probes keeping identity ≥ {IDMAP_MIN_IDENTITY}; the test pairs are scored only by the full run." if best else
-            f"No probe kept identity ≥ {IDMAP_MIN_IDENTITY} on the validation pairs: no value is chosen.")
-    where = ' '.join(f"{param} {_value(r['params'][param])}: " + provenance(r) for r in runs)
-    return '\n'.join(['\n'.join(rows), '', rule, '', where])
-
-# %% ../nbs/22_results.ipynb 17
+# %% ../nbs/22_results.ipynb 15
 SUBSPACE_REGIONS = ('background_hair', 'face_nose', 'brows', 'eyes', 'mouth')
 
 SUBSPACE_TARGETS = {'locality': ('locality', 0.95), 'donor_r2_relative': ('relative donor R²', 0.8), 'kept_r2_relative': ('relative kept R²', 0.9),
@@ -234,7 +213,7 @@ def zoo_summary(root=None) -> str:
                     + ', '.join(f"{k} {c['scores'][k]:.3f}" for k in heads) + ' |')
     return '\n'.join(rows)
 
-# %% ../nbs/22_results.ipynb 18
+# %% ../nbs/22_results.ipynb 16
 def choice_runs(experiment: str, param: str, root=None) -> list:
     """The kept probe runs `results/<experiment>/valid-<param>-<value>`, each scored on the validation split, by value:
     the runs a choice of `param` is made on."""
@@ -271,6 +250,27 @@ def subspaces_choice_table(root=None, param='w_perc') -> str:
     where = ' '.join(f"{param} {_value(r['params'][param])}: " + provenance(r) for r in runs)
     return '\n'.join(['\n'.join(rows), '', rule, '', where])
 
+
+# %% ../nbs/22_results.ipynb 18
+IDMAP_MIN_IDENTITY = 0.7        # a choice keeps the person: identity similarity on the validation pairs at least this
+
+def idmap_choice_table(root=None, param='lambda_gan') -> str:
+    """Method 2's setting `param`, chosen on the validation pairs: the lowest relative attribute error (the number
+    the method must win against the W-swap) among the probes whose identity similarity is at least IDMAP_MIN_IDENTITY."""
+    runs = choice_runs('idmap', param, root)
+    get = lambda r, k: r['metrics'].get(f'full.{k}', float('nan'))
+    ok = [r for r in runs if get(r, 'id_similarity') >= IDMAP_MIN_IDENTITY]
+    best = min(ok, key=lambda r: get(r, 'attribute_error_relative')) if ok else None
+    rows = [f'| {param} | steps | identity ↑ | relative attribute error ↓ | attribute error ↓ | landmark NME ↓ | FID ↓ |', '|---:|---:|---:|---:|---:|---:|---:|']
+    for r in runs:
+        v = _value(r['params'][param])
+        rows.append(f"| {'**' + v + '**' if r is best else v} | {int(r['params']['steps']):,} | {get(r, 'id_similarity'):.3f} | "
+                    f"{get(r, 'attribute_error_relative'):.3f} | {get(r, 'attribute_error'):.3f} | {get(r, 'landmark_nme'):.3f} | {get(r, 'fid'):.2f} |")
+    rule = (f"Chosen: **{param} = {_value(best['params'][param])}**, the lowest relative attribute error on the validation pairs among the "
+            f"probes keeping identity ≥ {IDMAP_MIN_IDENTITY}; the test pairs are scored only by the full run." if best else
+            f"No probe kept identity ≥ {IDMAP_MIN_IDENTITY} on the validation pairs: no value is chosen.")
+    where = ' '.join(f"{param} {_value(r['params'][param])}: " + provenance(r) for r in runs)
+    return '\n'.join(['\n'.join(rows), '', rule, '', where])
 
 # %% ../nbs/22_results.ipynb 21
 ZERODIM_MODELS = {'ZeroDIM': 'ZeroDIM', 'β-VAE': 'beta-VAE', 'semi-supervised VAE': 'semi-supervised VAE'}
