@@ -492,8 +492,11 @@ def format_status(s: dict) -> str:
     return "\n".join(lines)
 
 # %% ../nbs/30_cli.ipynb 40
-def keep_run(run: str | os.PathLike, name: str, results: str | os.PathLike | None = None, max_bytes: int = 400_000) -> Path:
-    "Copy a finished run's small results (parameters, metrics, run state, trainings' progress, its other JSON records such as recipes.json, figures) to `results/<experiment>/<name>/`."
+def keep_run(run: str | os.PathLike, name: str, results: str | os.PathLike | None = None, max_bytes: int = 400_000,
+             figures: str | None = None) -> Path:
+    """Copy a finished run's small results (parameters, metrics, run state, trainings' progress, its other JSON records
+    such as recipes.json, figures) to `results/<experiment>/<name>/`; `figures`: only the figures matching these
+    comma-separated globs (e.g. 'losses.png,swaps-*.png' for a probe run; '' for none)."""
     import shutil
     run = Path(run)
     st = run_status(run)
@@ -503,7 +506,10 @@ def keep_run(run: str | os.PathLike, name: str, results: str | os.PathLike | Non
     for f in ("params.json", "metrics.json", "run.json"): shutil.copy2(run / f, dest / f)
     for p in run.rglob("progress.json"):
         shutil.copy2(p, dest / f"progress-{str(p.parent.relative_to(run)).replace('/', '-')}.json")
-    for p in [*run.glob("*.png"), *run.glob("*.json")]:
+    import fnmatch
+    wanted = None if figures is None else [g.strip() for g in figures.split(',') if g.strip()]
+    pngs = [p for p in run.glob("*.png") if wanted is None or any(fnmatch.fnmatch(p.name, g) for g in wanted)]
+    for p in [*pngs, *run.glob("*.json")]:
         if p.name not in ("params.json", "metrics.json", "run.json") and p.stat().st_size <= max_bytes: shutil.copy2(p, dest / p.name)
     return dest
 
@@ -526,6 +532,7 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("keep", help="copy a finished run's parameters, metrics, state and figures to results/<experiment>/NAME/")
     k.add_argument("run", metavar="RUN_DIR"); k.add_argument("keep_name", metavar="NAME")
     k.add_argument("--results", metavar="DIR", help="instead of the checkout's results/")
+    k.add_argument("--figures", metavar="GLOBS", help="only the figures matching these comma-separated globs ('' for none)")
     return p
 
 def main(argv: list[str] | None = None) -> int:
@@ -539,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
             else: print(f"no experiments in {experiments_dir(args.experiments)}", file=sys.stderr)
             return 0
         if args.cmd == "keep":
-            print(keep_run(args.run, args.keep_name, args.results)); return 0
+            print(keep_run(args.run, args.keep_name, args.results, figures=args.figures)); return 0
         if args.cmd == "status":
             print("\n".join(format_status(run_status(r)) for r in args.runs)); return 0
         run = run_experiment(args.name, dict(args.param), out=args.out, experiments=args.experiments, log=args.log, resume=args.resume)
