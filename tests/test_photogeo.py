@@ -1,6 +1,7 @@
 "The photo-geometric forward model: exact answers on planes and a sphere, gradients, metrics by hand, CUDA."
 from __future__ import annotations
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,3 +142,19 @@ def test_fit_light_on_cuda_matches_cpu():
     cpu = G.fit_light(m, img, w, out=out, max_climb=8)
     gpu = G.fit_light(m.cuda(), img.cuda(), w.cuda(), out={k: v.cuda() for k, v in out.items()}, max_climb=8).cpu()
     torch.testing.assert_close(gpu, cpu, atol=1e-3, rtol=0)
+
+
+def test_photogeo_experiment_tiny(tmp_path):
+    "The decomposer's probe experiment: two recipes, two seeds each, scores against the truth and the seeds' agreement."
+    import json
+    from disentangle.cli import run_experiment
+    exps = Path(__file__).resolve().parent.parent / "nbs" / "experiments"
+    run = run_experiment("photogeo", dict(variants="unsup3d,stabilised", seeds="0,1", steps=3, n_score=16, threads=1), out=tmp_path, experiments=exps)
+    m = json.loads((run / "metrics.json").read_text())
+    for key in ("unsup3d.s0", "unsup3d.s1", "stabilised.s0", "stabilised.s1"):
+        assert 0 < m[f"{key}.side"] < 1 and 0 <= m[f"{key}.mad"] <= 180 and -1 <= m[f"{key}.corr_yaw"] <= 1, key
+        assert (run / f"photogeo-{key.replace('.', '-')}.safetensors").exists()
+    assert m["stabilised.s0.diffuse_mean"] >= 0.2 > 0 <= m["unsup3d.s0.diffuse_mean"]      # the floor holds k_d at 0.2 or more
+    assert 0 <= m["agreement.stabilised.s0-s1.mad_between"] <= 180 and m["mad_flat"] > 0
+    with pytest.raises(Exception, match="unknown"):
+        run_experiment("photogeo", dict(variants="nope", steps=1, threads=1), out=tmp_path, experiments=exps)
