@@ -338,6 +338,7 @@ def official_runs(grid: str, root=None) -> list:
         if r['params'].get('protocol') != 'official': raise ValueError(f"{r['dir']}: protocol {r['params'].get('protocol')!r}, not 'official'")
     return sorted(runs, key=lambda r: float(r['params']['budget']))
 
+@TABLES.register('zerodim/shapes3d-official')
 def zerodim_curve_table(root=None, grid='shapes3d') -> str:
     """Score against budget at the official protocol: a row per kept run (its fraction of the official epochs), then
     the largest budget's full table, intervals and the issue's verdicts."""
@@ -346,7 +347,7 @@ def zerodim_curve_table(root=None, grid='shapes3d') -> str:
             'leakage above chance ↓ | β-VAE DCI-D | semi-VAE DCI-D |', '|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
     for r in runs:
         m = r['metrics']; b = lambda k: int(m[f'budget.{grid}.{k}']); z = lambda model, k: m.get(f'{grid}.{model}.{k}', float('nan'))
-        hours = sum(v for k, v in m.items() if k.startswith(f'timing_s.{grid}.') and k.rsplit('.', 1)[1] not in ('render', 'load')) / 3600
+        hours = sum(p['seconds'] for k, p in r['progress'].items() if k.startswith(f'train-{grid}-')) / 3600   # the trainings' own clocks (a resumed run's timing_s holds only its reloads)
         rows.append(f"| {float(r['params']['budget']):g} | {b('epochs')} / {b('amortization_epochs')} / {b('synthesis_epochs')} | "
                     f"{b('zerodim_stage1_samples'):,} | {hours:.2f} | {z('ZeroDIM', 'dci_disentanglement'):.3f} | {z('ZeroDIM', 'labeled_accuracy'):.3f} | "
                     f"{z('ZeroDIM', 'leakage_above_chance'):+.3f} | {z('beta-VAE', 'dci_disentanglement'):.3f} | "
