@@ -250,6 +250,8 @@ def subspaces_choice_table(root=None, param='w_perc') -> str:
     where = ' '.join(f"{param} {_value(r['params'][param])}: " + provenance(r) for r in runs)
     return '\n'.join(['\n'.join(rows), '', rule, '', where])
 
+TABLES.register('subspaces/w_perc-valid')(lambda root=None: subspaces_choice_table(root, 'w_perc'))
+
 
 # %% ../nbs/22_results.ipynb 18
 IDMAP_MIN_IDENTITY = 0.7        # a choice keeps the person: identity similarity on the validation pairs at least this
