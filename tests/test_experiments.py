@@ -116,6 +116,25 @@ def test_reproduce_tiny(tmp_path):
         assert (("✓" if v == 1 else "✗") + f" locality above {r}") in line("1: independent subspaces")
     assert "not dominated by no_adversarial" in line("2: latent mapping (Nitzan)") and np.isfinite(m["idmap.no_adversarial.attribute_error"])
     assert "not rescored here" in line("4 baseline: β-VAE (card)") and "not rescored here" in line("4 baseline: semi-supervised VAE (card)")
+    # the house's reorganisation changes no behaviour: this metrics.json equals the one the same call gave before the move
+    same_as_before(m, REPO / "tests" / "data" / "reproduce_ci_metrics.json")
+
+
+TIMINGS = ("seconds", "minutes", "hours", "per_second", "_per_s", "ms_per")
+
+
+def same_as_before(m: dict, path: Path, rtol=1e-6):
+    "Every metric but wall times equals the file's, to `rtol`; with DISENTANGLE_WRITE_GOLDEN=1 the file is (re)made from `m` instead."
+    import math, os
+    now = {k: v for k, v in m.items() if not any(t in k for t in TIMINGS)}
+    if os.environ.get("DISENTANGLE_WRITE_GOLDEN") == "1": path.write_text(json.dumps(now, indent=1, sort_keys=True) + "\n")
+    before = json.loads(path.read_text())
+    assert sorted(now) == sorted(before), f"keys differ from {path.name}: new {sorted(set(now) - set(before))}, gone {sorted(set(before) - set(now))}"
+    for k, v in before.items():
+        w = now[k]
+        if isinstance(v, float) and isinstance(w, (int, float)):
+            assert (math.isnan(v) and math.isnan(w)) or math.isclose(v, w, rel_tol=rtol, abs_tol=1e-12), f"{k}: {w} now, {v} in {path.name}"
+        else: assert w == v, f"{k}: {w!r} now, {v!r} in {path.name}"
 
 
 def test_baselines_on_a_folder_of_photos(tmp_path):
